@@ -1,0 +1,466 @@
+"""Convolution and max-pooling compiled with Numba: the fast default backend.
+
+Same signatures and results as ``reference.py`` (the tests hold them to it), different
+algorithm. A convolution is turned into one big matrix product ("im2col"):
+
+1. a Numba loop copies every receptive field into one row of ``cols``,
+   shape ``(N*OH*OW, KH*KW*C)``, channels innermost, so that the kernel reshaped to
+   ``(KH*KW*C, F)`` lines up with it without a copy;
+2. NumPy's BLAS computes ``y = cols @ w2d`` (backward: ``dw = cols.T @ dy2d``,
+   ``dcols = dy2d @ w2d.T``), outside the jitted code, so SciPy is not needed;
+3. for the input gradient a Numba loop ("col2im") adds each row of ``dcols`` back onto the
+   pixels it was copied from.
+
+Each Python wrapper validates, makes inputs contiguous, allocates the outputs, then calls a
+private ``@njit`` kernel. Every ``prange`` runs over an axis whose iterations own their part
+of the output (rows of ``cols``; images ``n`` of ``dx``), so there are no races and the
+results are the same bits for any number of threads. This is the only module of minicnn
+that imports numba.
+"""
+
+import os
+import tempfile
+
+
+def _can_write(path):
+    """True if a file can be created in ``path`` (made if missing), the test Numba uses."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+_IN_TREE_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+
+
+def _fallback_cache_dir():
+    """A writable folder for compiled kernels when Numba's default one is not writable.
+
+    Numba caches next to the source file (``__pycache__``) unless ``NUMBA_CACHE_DIR`` is set;
+    in a read-only install it would fail with "no locator available". The user's choice
+    (``NUMBA_CACHE_DIR``) always wins.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR") or _can_write(_IN_TREE_CACHE):
+        return None
+    candidates = (
+        os.path.join(os.path.expanduser("~"), ".cache", "minicnn", "numba"),
+        os.path.join(tempfile.gettempdir(), "minicnn-numba"),
+    )
+    return next((path for path in candidates if _can_write(path)), None)
+
+
+_FALLBACK_CACHE = _fallback_cache_dir()
+if _FALLBACK_CACHE:
+    os.environ["NUMBA_CACHE_DIR"] = _FALLBACK_CACHE  # numba reads it when first imported
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+from .reference import (  # noqa: E402
+    check_conv2d_args,
+    check_dy,
+    check_float,
+    check_pool2d_args,
+    conv2d_output_hw,
+    pool2d_output_hw,
+)
+
+if _FALLBACK_CACHE:
+    numba.config.CACHE_DIR = _FALLBACK_CACHE  # in case numba was imported before us
+_CACHE_OK = bool(numba.config.CACHE_DIR) or _can_write(_IN_TREE_CACHE)
+
+# All jitted kernels share these options. fastmath stays off: it would reorder sums and
+# assume no NaN/inf, and these kernels are tested against the reference to the last bits.
+JIT_OPTIONS = dict(cache=_CACHE_OK, fastmath=False, parallel=True)
+
+# im2col buffers larger than this are filled and multiplied a few images at a time
+COLS_BUDGET_BYTES = 64 * 2**20
+
+
+def cache_dir():
+    """Where compiled kernels are cached: a folder path, or None when caching is off."""
+    if not _CACHE_OK:
+        return None
+    return numba.config.CACHE_DIR or _IN_TREE_CACHE
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in the parallel kernels (at most ``NUMBA_NUM_THREADS``)."""
+    numba.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads the parallel kernels use."""
+    return numba.get_num_threads()
+
+
+# ----------------------------------------------------------------------------------------
+# Convolution: im2col + BLAS
+# ----------------------------------------------------------------------------------------
+
+
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
+    """Cross-correlate a batch of NHWC images with a bank of filters (im2col + matmul).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), float32 or float64
+    w : ndarray of shape (KH, KW, C, F)
+    b : ndarray of shape (F,), or None for no bias
+    strides : (SH, SW)
+    padding : ((pad_top, pad_bottom), (pad_left, pad_right)), zeros added around x
+    dilation : (DH, DW)
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, F), dtype of x, where
+        ``OH = (H + pad_top + pad_bottom - ((KH - 1) * DH + 1)) // SH + 1`` (OW likewise)
+
+    Notes
+    -----
+    With xp the zero-padded input::
+
+        y[n, i, j, f] = b[f] + sum_{u, v, c} w[u, v, c, f] * xp[n, SH*i + DH*u, SW*j + DW*v, c]
+
+    computed as ``cols @ w2d`` with ``cols[(n, i, j), (u, v, c)] = xp[n, SH*i + DH*u, SW*j + DW*v, c]``.
+    """
+    check_float("conv2d_forward", "x", x)
+    check_conv2d_args("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
+    x = np.ascontiguousarray(x)
+    KH, KW, C, F = w.shape
+    w2d = np.ascontiguousarray(w, dtype=x.dtype).reshape(KH * KW * C, F)
+    g = _geometry((KH, KW), strides, padding, dilation, x.shape)
+    N, rows = x.shape[0], g[-2] * g[-1]  # rows = OH*OW per image
+    y = np.empty((N, g[-2], g[-1], F), dtype=x.dtype)
+    y2d = y.reshape(N * rows, F)
+    for n0, n1, cols in _im2col_chunks(x, g):
+        np.matmul(cols, w2d, out=y2d[n0 * rows : n1 * rows])  # (rows, K) @ (K, F)
+    if b is not None:
+        y += b.astype(x.dtype, copy=False)
+    return y
+
+
+def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
+    """Gradient of a loss with respect to the input of :func:`conv2d_forward` (matmul + col2im).
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, F), the gradient with respect to y
+    w : ndarray of shape (KH, KW, C, F)
+    x_shape : (N, H, W, C), the shape of the forward input
+    strides, padding, dilation : as in the forward call
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C), dtype of dy
+
+    Notes
+    -----
+    ::
+
+        dx[n, p, q, c] = sum_{i, j, u, v, f} dy[n, i, j, f] * w[u, v, c, f]
+                         over SH*i + DH*u = p + pad_top  and  SW*j + DW*v = q + pad_left
+
+    computed as ``dcols = dy2d @ w2d.T``, then each row of ``dcols`` is added back onto the
+    pixels im2col copied it from (contributions that fall on the padding are dropped).
+    """
+    check_float("conv2d_backward_input", "dy", dy)
+    check_conv2d_args("conv2d_backward_input", x_shape, w.shape, strides, padding, dilation)
+    check_dy("conv2d_backward_input", dy.shape, x_shape, w.shape, strides, padding, dilation)
+    dy = np.ascontiguousarray(dy)
+    KH, KW, C, F = w.shape
+    w2d = np.ascontiguousarray(w, dtype=dy.dtype).reshape(KH * KW * C, F)
+    g = _geometry((KH, KW), strides, padding, dilation, x_shape)
+    N, rows = x_shape[0], g[-2] * g[-1]
+    dy2d = dy.reshape(N * rows, F)
+    if _is_pointwise(g):  # a 1x1 kernel at stride 1: dcols already is dx
+        return (dy2d @ w2d.T).reshape(x_shape)
+    dx = np.zeros(tuple(x_shape), dtype=dy.dtype)
+    step = _images_per_chunk(N, rows * KH * KW * C * dy.itemsize)
+    dcols = np.empty((min(step, N) * rows, KH * KW * C), dtype=dy.dtype)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        chunk = dcols[: (n1 - n0) * rows]
+        np.matmul(dy2d[n0 * rows : n1 * rows], w2d.T, out=chunk)  # (rows, F) @ (F, K)
+        _col2im(chunk, g, dx[n0:n1])
+    return dx
+
+
+def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
+    """Gradients of a loss with respect to the kernel and bias of :func:`conv2d_forward`.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), the forward input
+    dy : ndarray of shape (N, OH, OW, F), the gradient with respect to y
+    kernel_size : (KH, KW)
+    strides, padding, dilation : as in the forward call
+
+    Returns
+    -------
+    dw : ndarray of shape (KH, KW, C, F), dtype of x
+    db : ndarray of shape (F,), dtype of x
+
+    Notes
+    -----
+    ::
+
+        dw[u, v, c, f] = sum_{n, i, j} dy[n, i, j, f] * xp[n, SH*i + DH*u, SW*j + DW*v, c]
+        db[f]          = sum_{n, i, j} dy[n, i, j, f]
+
+    computed as ``cols.T @ dy2d`` (one BLAS call per chunk of images, summed in a fixed order).
+    """
+    check_float("conv2d_backward_weights", "x", x)
+    (KH, KW), C, F = kernel_size, x.shape[-1], dy.shape[-1]
+    check_conv2d_args("conv2d_backward_weights", x.shape, (KH, KW, C, F), strides, padding, dilation)
+    check_dy("conv2d_backward_weights", dy.shape, x.shape, (KH, KW, C, F), strides, padding, dilation)
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    g = _geometry((KH, KW), strides, padding, dilation, x.shape)
+    rows = g[-2] * g[-1]
+    dy2d = dy.reshape(-1, F)
+    dw2d = np.empty((KH * KW * C, F), dtype=x.dtype)
+    for n0, n1, cols in _im2col_chunks(x, g):
+        part = dy2d[n0 * rows : n1 * rows]
+        if n0 == 0:
+            np.matmul(cols.T, part, out=dw2d)  # (K, rows) @ (rows, F)
+        else:
+            dw2d += cols.T @ part
+    return dw2d.reshape(KH, KW, C, F), dy2d.sum(axis=0)
+
+
+def _geometry(kernel_hw, strides, padding, dilation, x_shape):
+    """The ints the jitted kernels need, as one tuple ``(KH, KW, SH, SW, DH, DW, PT, PL, OH, OW)``.
+
+    Plain Python ints: a numpy int32 anywhere would change the tuple's type and trigger a
+    second compilation of every kernel.
+    """
+    OH, OW = conv2d_output_hw(x_shape, kernel_hw, strides, padding, dilation)
+    values = (*kernel_hw, *strides, *dilation, padding[0][0], padding[1][0], OH, OW)
+    return tuple(int(v) for v in values)
+
+
+def _is_pointwise(g):
+    KH, KW, SH, SW, _, _, PT, PL, _, _ = g
+    return KH == KW == SH == SW == 1 and PT == PL == 0  # then OH, OW = H, W: no padding at all
+
+
+def _images_per_chunk(N, bytes_per_image):
+    return max(1, min(N, COLS_BUDGET_BYTES // max(bytes_per_image, 1)))
+
+
+def _im2col_chunks(x, g):
+    """Yield ``(n0, n1, cols)``: the im2col matrix of images ``n0:n1``, ``(rows, KH*KW*C)``.
+
+    One buffer is reused for all chunks, so each ``cols`` is valid until the next one.
+    """
+    N, _, _, C = x.shape
+    KH, KW, rows = g[0], g[1], g[-2] * g[-1]
+    if _is_pointwise(g):
+        yield 0, N, x.reshape(N * rows, C)  # a 1x1 kernel at stride 1 reads x as it is
+        return
+    step = _images_per_chunk(N, rows * KH * KW * C * x.itemsize)
+    buffer = np.empty((min(step, N) * rows, KH * KW * C), dtype=x.dtype)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        cols = buffer[: (n1 - n0) * rows]
+        _im2col(x[n0:n1], g, cols)
+        yield n0, n1, cols
+
+
+@njit(**JIT_OPTIONS)
+def _im2col(x, g, cols):
+    KH, KW, SH, SW, DH, DW, PT, PL, OH, OW = g
+    N, H, W, C = x.shape
+    for r in prange(N * OH):  # r = n*OH + i owns the rows r*OW ... r*OW + OW - 1 of cols
+        n = r // OH
+        i = r - n * OH
+        for j in range(OW):
+            row = r * OW + j
+            for u in range(KH):
+                p = SH * i + DH * u - PT
+                for v in range(KW):
+                    q = SW * j + DW * v - PL
+                    k = (u * KW + v) * C
+                    if 0 <= p < H and 0 <= q < W:
+                        for c in range(C):
+                            cols[row, k + c] = x[n, p, q, c]
+                    else:  # a padded pixel
+                        for c in range(C):
+                            cols[row, k + c] = 0
+
+
+@njit(**JIT_OPTIONS)
+def _col2im(dcols, g, dx):
+    KH, KW, SH, SW, DH, DW, PT, PL, OH, OW = g
+    N, H, W, C = dx.shape
+    for n in prange(N):  # image n owns dx[n]; within it the sum order is fixed: (i, j, u, v)
+        for i in range(OH):
+            for j in range(OW):
+                row = (n * OH + i) * OW + j
+                for u in range(KH):
+                    p = SH * i + DH * u - PT
+                    if p < 0 or p >= H:
+                        continue
+                    for v in range(KW):
+                        q = SW * j + DW * v - PL
+                        if q < 0 or q >= W:
+                            continue
+                        k = (u * KW + v) * C
+                        for c in range(C):
+                            dx[n, p, q, c] += dcols[row, k + c]
+
+
+# ----------------------------------------------------------------------------------------
+# Max pooling: one fused loop for y and argmax, a scatter for dx
+# ----------------------------------------------------------------------------------------
+
+
+def maxpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
+    """Max over each ``PH x PW`` window of each channel, and where the max was.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), float32 or float64
+    pool_size : (PH, PW)
+    strides : (SH, SW); windows overlap when a stride is smaller than the pool
+    padding : ((pad_top, pad_bottom), (pad_left, pad_right)), treated as -inf so that a
+        padded cell never wins; each pad must be smaller than the pool
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C), dtype of x, ``OH = (H + pad_top + pad_bottom - PH) // SH + 1``
+    argmax : int32 ndarray of shape (N, OH, OW, C), the row-major position ``u*PW + v`` of
+        the maximum inside its window
+
+    Notes
+    -----
+    With xp the input padded with -inf::
+
+        y[n, i, j, c]      = max_{u, v} xp[n, SH*i + u, SW*j + v, c]
+        argmax[n, i, j, c] = u*PW + v of the first maximum, in row-major order (u, then v)
+
+    Ties: the FIRST maximum in row-major window order wins and later receives the whole
+    gradient, as with ``np.argmax`` and PyTorch's CPU ``max_pool2d`` (a strict ``>`` scan).
+    A NaN counts as a maximum (the first NaN wins), as in ``np.argmax``.
+    """
+    check_float("maxpool2d_forward", "x", x)
+    check_pool2d_args("maxpool2d_forward", x.shape, pool_size, strides, padding)
+    x = np.ascontiguousarray(x)
+    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
+    N, _, _, C = x.shape
+    y = np.empty((N, OH, OW, C), dtype=x.dtype)
+    argmax = np.empty((N, OH, OW, C), dtype=np.int32)
+    _maxpool_forward(x, _pool_geometry(pool_size, strides, padding), y, argmax)
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0), (0, 0))):
+    """Gradient of a loss with respect to the input of :func:`maxpool2d_forward`.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C), the gradient with respect to y
+    argmax : int ndarray of shape (N, OH, OW, C), as returned by the forward pass
+    x_shape : (N, H, W, C), the shape of the forward input
+    pool_size, strides, padding : as in the forward call
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C), dtype of dy
+
+    Notes
+    -----
+    With ``(u, v) = divmod(argmax[n, i, j, c], PW)``::
+
+        dx[n, p, q, c] = sum_{i, j} dy[n, i, j, c]
+                         over SH*i + u = p + pad_top  and  SW*j + v = q + pad_left
+
+    Overlapping windows can share a winner, so gradients accumulate. Ties were settled in the
+    forward pass: the first maximum in row-major window order gets the whole gradient.
+    """
+    check_float("maxpool2d_backward", "dy", dy)
+    check_pool2d_args("maxpool2d_backward", x_shape, pool_size, strides, padding)
+    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
+    for name, shape in (("dy", dy.shape), ("argmax", argmax.shape)):
+        if tuple(shape) != expected:
+            raise ValueError(
+                f"maxpool2d_backward: Expected `{name}` of shape {expected}. Received: {name}.shape={tuple(shape)}"
+            )
+    dy = np.ascontiguousarray(dy)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    dx = np.zeros(tuple(x_shape), dtype=dy.dtype)
+    _maxpool_backward(dy, argmax, _pool_geometry(pool_size, strides, padding), dx)
+    return dx
+
+
+def _pool_geometry(pool_size, strides, padding):
+    """``(PH, PW, SH, SW, PT, PL)`` as plain Python ints (one compiled type)."""
+    return tuple(int(v) for v in (*pool_size, *strides, padding[0][0], padding[1][0]))
+
+
+@njit(**JIT_OPTIONS)
+def _maxpool_forward(x, g, y, argmax):
+    PH, PW, SH, SW, PT, PL = g
+    N, H, W, C = x.shape
+    _, OH, OW, _ = y.shape
+    for r in prange(N * OH):  # r = n*OH + i owns y[n, i] and argmax[n, i]
+        n = r // OH
+        i = r - n * OH
+        for j in range(OW):
+            p0 = SH * i - PT
+            q0 = SW * j - PL
+            # start from window cell (0, 0); a padded one is -inf
+            inside = 0 <= p0 < H and 0 <= q0 < W
+            for c in range(C):
+                y[n, i, j, c] = x[n, p0, q0, c] if inside else -np.inf
+                argmax[n, i, j, c] = 0
+            for u in range(PH):
+                p = p0 + u
+                if p < 0 or p >= H:
+                    continue
+                for v in range(PW):
+                    q = q0 + v
+                    if (u == 0 and v == 0) or q < 0 or q >= W:
+                        continue  # a padded cell (-inf) can never beat the running max
+                    for c in range(C):
+                        val = x[n, p, q, c]
+                        best = y[n, i, j, c]
+                        # strict > keeps the first maximum; the first NaN wins as in np.argmax
+                        if val > best or (val != val and best == best):
+                            y[n, i, j, c] = val
+                            argmax[n, i, j, c] = u * PW + v
+
+
+@njit(**JIT_OPTIONS)
+def _maxpool_backward(dy, argmax, g, dx):
+    PH, PW, SH, SW, PT, PL = g
+    N, H, W, C = dx.shape
+    _, OH, OW, _ = dy.shape
+    for n in prange(N):  # overlapping windows add into the same pixel: only n owns dx[n]
+        for i in range(OH):
+            for j in range(OW):
+                for c in range(C):
+                    k = argmax[n, i, j, c]
+                    p = SH * i + k // PW - PT
+                    q = SW * j + k % PW - PL
+                    if 0 <= p < H and 0 <= q < W:  # a winner in the padding has no input
+                        dx[n, p, q, c] += dy[n, i, j, c]
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def warmup(dtypes=("float32", "float64")):
+    """Compile (or load from the cache) every kernel for ``dtypes`` on tiny inputs."""
+    for dtype in dtypes:
+        x = np.ones((1, 3, 3, 1), dtype=dtype)
+        w = np.ones((2, 2, 1, 1), dtype=dtype)
+        y = conv2d_forward(x, w, None, padding=((0, 1), (0, 1)))
+        conv2d_backward_input(y, w, x.shape, padding=((0, 1), (0, 1)))
+        conv2d_backward_weights(x, y, (2, 2), padding=((0, 1), (0, 1)))
+        y, argmax = maxpool2d_forward(x, (2, 2), (1, 1))
+        maxpool2d_backward(y, argmax, x.shape, (2, 2), (1, 1))
