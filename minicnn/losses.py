@@ -17,8 +17,15 @@ EPSILON = 1e-7
 
 
 def _log_softmax(z):
+    # float64: float32 logits of +-3e38 would overflow to -inf in the subtraction below.
+    z = np.asarray(z, dtype=np.float64)
     z = z - np.max(z, axis=-1, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def _xlogy(y, log_p):
+    """``y * log_p`` with 0 where ``y == 0`` (so that 0 * -inf is 0, not nan)."""
+    return np.where(y != 0, y * log_p, 0)
 
 
 class Loss:
@@ -75,7 +82,7 @@ class CategoricalCrossentropy(Loss):
     def per_sample(self, y_true, y_pred):
         y = self._targets(y_true, y_pred)
         if self.from_logits:
-            return -np.sum(y * _log_softmax(y_pred), axis=-1)
+            return -np.sum(_xlogy(y, _log_softmax(y_pred)), axis=-1)
         p = y_pred / np.sum(y_pred, axis=-1, keepdims=True)
         return -np.sum(y * np.log(np.clip(p, EPSILON, 1 - EPSILON)), axis=-1)
 
@@ -89,7 +96,7 @@ class CategoricalCrossentropy(Loss):
         y = self._targets(y_true, y_pred)
         n = y_pred.shape[0]
         if self.from_logits:
-            return self.logits_gradient(y, np.exp(_log_softmax(y_pred)))
+            return self.logits_gradient(y, np.exp(_log_softmax(y_pred)).astype(y_pred.dtype))
         s = np.sum(y_pred, axis=-1, keepdims=True)
         q = y_pred / s
         inside = (q > EPSILON) & (q < 1 - EPSILON)

@@ -26,7 +26,7 @@ _NAME_COUNTS = {}
 
 def _snake_case(name):
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([0-9]*[A-Z])", r"\1_\2", name).lower()
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()   # Keras's rule: Conv2D -> conv2d
 
 
 def unique_name(prefix):

@@ -1,0 +1,280 @@
+"""The ``minicnn`` command: train, evaluate, predict, gradcheck, bench, info.
+
+``minicnn ...`` and ``python -m minicnn ...`` are the same program. Errors a user can cause
+(a missing file, a wrong model file, an unreadable image) print one line and exit with status 1.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+class CLIError(Exception):
+    """An error to report in one line, without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------- data
+def load_dataset(name, seed=None, image_size=None):
+    """``(x_train, y_train), (x_test, y_test), class_names`` as NHWC uint8/float arrays and int labels.
+
+    ``name``: 'sample' (the Fashion-MNIST subset inside the package), 'fashion-mnist', 'mnist',
+    'cifar10', or a folder of images (one sub-folder per class; ``train/`` and ``test/`` sub-folders
+    are used when present, else a seeded 80/20 split).
+    """
+    from . import datasets
+
+    if name in ("sample", "fashion-mnist", "fashion_mnist"):
+        (x, y), (xt, yt) = datasets.fashion_mnist.load_data(sample=(name == "sample"))
+        classes = datasets.fashion_mnist.CLASS_NAMES
+    elif name == "mnist":
+        (x, y), (xt, yt) = datasets.mnist.load_data()
+        classes = datasets.mnist.CLASS_NAMES
+    elif name == "cifar10":
+        (x, y), (xt, yt) = datasets.cifar10.load_data()
+        classes = datasets.cifar10.CLASS_NAMES
+    elif os.path.isdir(name):
+        return _load_folder(name, seed, image_size or (64, 64))
+    else:
+        raise CLIError(f"unknown dataset {name!r}: use sample, fashion-mnist, mnist, cifar10 or a folder of images")
+    if x.ndim == 3:   # (N, 28, 28) -> (N, 28, 28, 1): NHWC with one channel
+        x, xt = x[..., None], xt[..., None]
+    return (x, np.asarray(y).reshape(-1)), (xt, np.asarray(yt).reshape(-1)), list(classes)
+
+
+def _load_folder(folder, seed, image_size):
+    from .data import image_dataset_from_directory
+
+    kw = dict(image_size=image_size, batch_size=64, seed=seed if seed is not None else 0)
+    if os.path.isdir(os.path.join(folder, "train")) and os.path.isdir(os.path.join(folder, "test")):
+        train = image_dataset_from_directory(os.path.join(folder, "train"), shuffle=True, **kw)
+        test = image_dataset_from_directory(os.path.join(folder, "test"), shuffle=False, class_names=train.class_names, **kw)
+    else:
+        train, test = image_dataset_from_directory(folder, validation_split=0.2, subset="both", **kw)
+    return train, test, list(train.class_names)
+
+
+# ----------------------------------------------------------------------------------------- commands
+def cmd_train(args):
+    from . import metrics, zoo
+    from .models import load_model
+    from .utils import set_random_seed
+
+    if args.seed is not None:
+        set_random_seed(args.seed)
+    train, test, class_names = load_dataset(args.dataset, args.seed, args.image_size)
+    streaming = not isinstance(train, tuple)
+    if streaming:
+        input_shape, fit_args = train.element_shape, (train,)
+    else:
+        input_shape, fit_args = train[0].shape[1:], train
+    if args.model in zoo.MODELS:
+        model = zoo.MODELS[args.model](input_shape, len(class_names), augment=args.augment)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        model = _load_model_or_fail(load_model, args.model)
+    model.class_names = class_names
+    model.summary()
+
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    fit_kw = dict(epochs=args.epochs, verbose=1)
+    if streaming:
+        fit_kw["validation_data"] = test
+    else:
+        fit_kw.update(batch_size=args.batch_size, validation_split=args.validation_split)
+    start = time.perf_counter()
+    history = model.fit(*fit_args, **fit_kw)
+    seconds = time.perf_counter() - start
+
+    y_true, y_prob = _predict_all(model, test)
+    y_pred = y_prob.argmax(axis=1)
+    print(f"\nTest accuracy: {metrics.accuracy(y_true, y_pred):.4f}  ({len(y_true)} images, trained in {seconds:.0f}s)\n")
+    print(metrics.classification_report(y_true, y_pred, class_names=class_names))
+    model.save(os.path.join(out, "model.npz"))
+    _write_pictures(out, history, y_true, y_pred, class_names)
+    print(f"Wrote {out}/model.npz, {out}/history.png, {out}/confusion_matrix.png")
+    return 0
+
+
+def _predict_all(model, data):
+    """True labels and predicted probabilities for a (x, y) tuple or a streaming dataset."""
+    if isinstance(data, tuple):
+        x, y = data
+        return np.asarray(y).reshape(-1), model.predict(x, batch_size=256, verbose=0)
+    ys, ps = [], []
+    for xb, yb in data:
+        ys.append(np.asarray(yb).reshape(len(xb), -1).argmax(1) if np.ndim(yb) == 2 else np.asarray(yb))
+        ps.append(model.predict_on_batch(xb))
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def _write_pictures(out, history, y_true, y_pred, class_names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from . import metrics, plotting
+
+    plotting.save_figure(plotting.plot_history(history).figure, os.path.join(out, "history.png"))
+    cm = metrics.confusion_matrix(y_true, y_pred, num_classes=len(class_names))
+    plotting.save_figure(plotting.plot_confusion_matrix(cm, class_names=class_names).figure, os.path.join(out, "confusion_matrix.png"))
+
+
+def _load_model_or_fail(load_model, path):
+    if not os.path.exists(path):
+        raise CLIError(f"model file not found: {path}")
+    try:
+        return load_model(path)
+    except ValueError as err:
+        raise CLIError(f"{path} is not a minicnn model file: {err}") from None
+
+
+def cmd_evaluate(args):
+    from . import metrics
+    from .models import load_model
+
+    model = _load_model_or_fail(load_model, args.model)
+    size = model.input_shape[1:3] if args.dataset and os.path.isdir(args.dataset) else None
+    _, test, class_names = load_dataset(args.dataset, 0, size)
+    class_names = getattr(model, "class_names", None) or class_names
+    y_true, y_prob = _predict_all(model, test)
+    y_pred = y_prob.argmax(axis=1)
+    print(f"Test accuracy: {metrics.accuracy(y_true, y_pred):.4f}  ({len(y_true)} images)\n")
+    print(metrics.classification_report(y_true, y_pred, class_names=class_names))
+    return 0
+
+
+def cmd_predict(args):
+    from .data import img_to_array, load_img
+    from .models import load_model
+
+    model = _load_model_or_fail(load_model, args.model)
+    _, height, width, channels = model.input_shape
+    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels)
+    images = []
+    for path in args.images:
+        if not os.path.exists(path):
+            raise CLIError(f"image not found: {path}")
+        try:
+            images.append(img_to_array(load_img(path, color_mode=mode, target_size=(height, width))))
+        except Exception as err:   # Pillow raises many types for unreadable files
+            raise CLIError(f"cannot read image {path}: {err}") from None
+    probs = model.predict(np.stack(images), verbose=0)
+    names = getattr(model, "class_names", None) or [str(i) for i in range(probs.shape[1])]
+    k = max(1, min(args.top_k, probs.shape[1]))
+    for path, p in zip(args.images, probs):
+        best = np.argsort(-p, kind="stable")[:k]
+        print(f"{path}: " + ", ".join(f"{names[i]} ({p[i]:.1%})" for i in best))
+    return 0
+
+
+def cmd_info(args):
+    import platform
+
+    import numpy
+
+    from . import __version__, config, datasets
+
+    print(f"minicnn {__version__}   Python {platform.python_version()}   NumPy {numpy.__version__}")
+    try:
+        import numba
+
+        from .kernels import numba_cpu
+
+        print(f"Numba {numba.__version__}   threads: {numba_cpu.get_num_threads()}   cache: {numba_cpu.cache_dir()}")
+    except ImportError as err:
+        print(f"Numba: not available ({err})")
+    print(f"backend: {config.get_backend()}   floatx: {config.get_floatx()}   CPUs: {os.cpu_count()}")
+    print("datasets found:")
+    for name, where in datasets.find_all().items():
+        print(f"  {name:<14} {where or 'not found'}")
+    return 0
+
+
+def cmd_gradcheck(args):
+    """Check every layer type's backward pass against finite differences (float64) and print the tables."""
+    from . import gradcheck
+    from .layers import Conv2D, Dense, Flatten, MaxPooling2D
+
+    rng = np.random.default_rng(args.seed or 0)
+    x = rng.standard_normal((2, 7, 7, 3))
+    ok = True
+    for layer, inp in (
+        (Conv2D(4, 3, strides=2, padding="same", activation="relu", dtype="float64"), x),
+        (MaxPooling2D(3, strides=2, dtype="float64"), x),
+        (Flatten(dtype="float64"), x),
+        (Dense(5, activation="softmax", dtype="float64"), x.reshape(2, -1)),
+    ):
+        report = gradcheck.check_layer(layer, inp)
+        print(report, end="\n\n")
+        ok &= report.ok
+    print("all gradients agree" if ok else "SOME GRADIENTS DISAGREE")
+    return 0 if ok else 1
+
+
+def cmd_bench(args):
+    from . import bench
+
+    return bench.main(quick=True)
+
+
+# ----------------------------------------------------------------------------------------- parser
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minicnn", description="A CNN library written from scratch to be read.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a CNN (default: the small CNN on the embedded Fashion-MNIST sample)")
+    train.add_argument("--dataset", default="sample", help="sample | fashion-mnist | mnist | cifar10 | DIR (default: sample)")
+    train.add_argument("--model", default="small", help="seed (the blog's model) | small | a saved model file")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--augment", action="store_true", help="random flips and shifts during training")
+    train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize folder images (default 64 64)")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--out", default="minicnn-run", help="output folder (default: ./minicnn-run)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy and per-class report of a saved model")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--dataset", default="sample")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="classify image files with a saved model")
+    predict.add_argument("model")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.set_defaults(func=cmd_predict)
+
+    info = sub.add_parser("info", help="versions, backend, threads, Numba cache folder, datasets found")
+    info.set_defaults(func=cmd_info)
+
+    check = sub.add_parser("gradcheck", help="check each layer's backward pass against finite differences")
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=cmd_gradcheck)
+
+    bench = sub.add_parser("bench", help="quick speed comparison: reference vs Numba kernels (and PyTorch)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as err:
+        print(f"minicnn: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        print(f"minicnn: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+    except (ValueError, RuntimeError) as err:
+        print(f"minicnn: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("minicnn: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
