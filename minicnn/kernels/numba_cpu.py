@@ -55,6 +55,14 @@ _FALLBACK_CACHE = _fallback_cache_dir()
 if _FALLBACK_CACHE:
     os.environ["NUMBA_CACHE_DIR"] = _FALLBACK_CACHE  # numba reads it when first imported
 
+# After a parallel region, OpenMP threads spin-wait for the next one and steal the cores
+# from the BLAS call that follows: measured here, im2col (0.2 ms) then matmul (0.1 ms) took
+# 8 ms on 2 cores; with passive threads, which sleep instead, 0.4 ms. The runtime reads it
+# when it starts (our first parallel call), so it is too late if a library that shares the
+# runtime started it first (``import torch`` does): then export it before starting Python.
+# A value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
@@ -73,11 +81,12 @@ if _FALLBACK_CACHE:
 _CACHE_OK = bool(numba.config.CACHE_DIR) or _can_write(_IN_TREE_CACHE)
 
 # All jitted kernels share these options. fastmath stays off: it would reorder sums and
-# assume no NaN/inf, and these kernels are tested against the reference to the last bits.
+# assume there is no NaN or inf (the max-pool kernel tests for NaN; padding is -inf).
 JIT_OPTIONS = dict(cache=_CACHE_OK, fastmath=False, parallel=True)
 
-# im2col buffers larger than this are filled and multiplied a few images at a time
-COLS_BUDGET_BYTES = 64 * 2**20
+# im2col buffers larger than this are filled and multiplied a few images at a time:
+# a cache-sized buffer was as fast or faster than one for the whole batch (224x224x3 images)
+COLS_BUDGET_BYTES = 8 * 2**20
 
 
 def cache_dir():
@@ -185,7 +194,7 @@ def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0
         n1 = min(N, n0 + step)
         chunk = dcols[: (n1 - n0) * rows]
         np.matmul(dy2d[n0 * rows : n1 * rows], w2d.T, out=chunk)  # (rows, F) @ (F, K)
-        _col2im(chunk, g, dx[n0:n1])
+        _col2im(chunk, C, g, dx[n0:n1].reshape(n1 - n0, x_shape[1], x_shape[2] * C))
     return dx
 
 
@@ -257,7 +266,7 @@ def _im2col_chunks(x, g):
 
     One buffer is reused for all chunks, so each ``cols`` is valid until the next one.
     """
-    N, _, _, C = x.shape
+    N, H, W, C = x.shape
     KH, KW, rows = g[0], g[1], g[-2] * g[-1]
     if _is_pointwise(g):
         yield 0, N, x.reshape(N * rows, C)  # a 1x1 kernel at stride 1 reads x as it is
@@ -267,51 +276,70 @@ def _im2col_chunks(x, g):
     for n0 in range(0, N, step):
         n1 = min(N, n0 + step)
         cols = buffer[: (n1 - n0) * rows]
-        _im2col(x[n0:n1], g, cols)
+        _im2col(x[n0:n1].reshape(n1 - n0, H, W * C), C, g, cols)
         yield n0, n1, cols
 
 
 @njit(**JIT_OPTIONS)
-def _im2col(x, g, cols):
+def _im2col(x, C, g, cols):
+    # x: (N, H, W*C), each image row flattened, so that the KW*C values under one kernel
+    # row are one contiguous run when DW == 1 (most convolutions): a loop LLVM vectorizes
     KH, KW, SH, SW, DH, DW, PT, PL, OH, OW = g
-    N, H, W, C = x.shape
+    N, H, WC = x.shape
+    W, run = WC // C, KW * C
     for r in prange(N * OH):  # r = n*OH + i owns the rows r*OW ... r*OW + OW - 1 of cols
         n = r // OH
         i = r - n * OH
         for j in range(OW):
             row = r * OW + j
+            q0 = SW * j - PL
+            whole = DW == 1 and q0 >= 0 and q0 + KW <= W  # no tap of a kernel row in the padding
             for u in range(KH):
                 p = SH * i + DH * u - PT
-                for v in range(KW):
-                    q = SW * j + DW * v - PL
-                    k = (u * KW + v) * C
-                    if 0 <= p < H and 0 <= q < W:
+                k0 = u * run
+                if p < 0 or p >= H:  # a padded row
+                    for t in range(run):
+                        cols[row, k0 + t] = 0
+                elif whole:
+                    a = q0 * C
+                    for t in range(run):
+                        cols[row, k0 + t] = x[n, p, a + t]
+                else:
+                    for v in range(KW):
+                        q = q0 + DW * v
+                        k = k0 + v * C
+                        inside = 0 <= q < W
                         for c in range(C):
-                            cols[row, k + c] = x[n, p, q, c]
-                    else:  # a padded pixel
-                        for c in range(C):
-                            cols[row, k + c] = 0
+                            cols[row, k + c] = x[n, p, q * C + c] if inside else 0
 
 
 @njit(**JIT_OPTIONS)
-def _col2im(dcols, g, dx):
+def _col2im(dcols, C, g, dx):
+    # dx: (N, H, W*C) as in _im2col; adds each row of dcols back where _im2col read it
     KH, KW, SH, SW, DH, DW, PT, PL, OH, OW = g
-    N, H, W, C = dx.shape
+    N, H, WC = dx.shape
+    W, run = WC // C, KW * C
     for n in prange(N):  # image n owns dx[n]; within it the sum order is fixed: (i, j, u, v)
         for i in range(OH):
             for j in range(OW):
                 row = (n * OH + i) * OW + j
+                q0 = SW * j - PL
+                whole = DW == 1 and q0 >= 0 and q0 + KW <= W
                 for u in range(KH):
                     p = SH * i + DH * u - PT
                     if p < 0 or p >= H:
-                        continue
-                    for v in range(KW):
-                        q = SW * j + DW * v - PL
-                        if q < 0 or q >= W:
-                            continue
-                        k = (u * KW + v) * C
-                        for c in range(C):
-                            dx[n, p, q, c] += dcols[row, k + c]
+                        continue  # gradient that falls on the padding is dropped
+                    k0 = u * run
+                    if whole:
+                        a = q0 * C
+                        for t in range(run):
+                            dx[n, p, a + t] += dcols[row, k0 + t]
+                    else:
+                        for v in range(KW):
+                            q = q0 + DW * v
+                            if 0 <= q < W:
+                                for c in range(C):
+                                    dx[n, p, q * C + c] += dcols[row, k0 + v * C + c]
 
 
 # ----------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     check_float("conv2d_forward", "x", x)
     check_conv2d_args("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
     w = w.astype(x.dtype, copy=False)  # a float64 kernel must not up-cast float32 data
-    (KH, KW, C, F), (SH, SW), (DH, DW) = w.shape, strides, dilation
+    (KH, KW, _, F), (SH, SW), (DH, DW) = w.shape, strides, dilation
     OH, OW = conv2d_output_hw(x.shape, (KH, KW), strides, padding, dilation)
     xp = pad_hw(x, padding)
     y = np.zeros((x.shape[0], OH, OW, F), dtype=x.dtype)
@@ -97,7 +97,7 @@ def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0
     check_conv2d_args("conv2d_backward_input", x_shape, w.shape, strides, padding, dilation)
     check_dy("conv2d_backward_input", dy.shape, x_shape, w.shape, strides, padding, dilation)
     w = w.astype(dy.dtype, copy=False)
-    (KH, KW, C, F), (SH, SW), (DH, DW) = w.shape, strides, dilation
+    (KH, KW, C, _), (SH, SW), (DH, DW) = w.shape, strides, dilation
     N, H, W, _ = x_shape
     OH, OW = dy.shape[1:3]
     (pt, pb), (pl, pr) = padding
@@ -261,7 +261,8 @@ def pad_hw(x, padding, value=0.0):
 def conv2d_output_hw(x_shape, kernel_hw, strides, padding, dilation=(1, 1)):
     """``(OH, OW)`` of a convolution (see :func:`minicnn.kernels.output_size`)."""
     return tuple(
-        output_size(n, k, s, p, d) for n, k, s, p, d in zip(x_shape[1:3], kernel_hw, strides, padding, dilation)
+        output_size(n, k, s, p, d)
+        for n, k, s, p, d in zip(x_shape[1:3], kernel_hw, strides, padding, dilation, strict=True)
     )
 
 
@@ -312,7 +313,7 @@ def check_pool2d_args(op, x_shape, pool_size, strides, padding):
     """Raise ValueError unless max-pooling with these settings is well defined."""
     _check_geometry(op, x_shape, pool_size, strides, padding, (1, 1))
     # a pad as wide as the pool would make windows of padding only, whose max is -inf
-    if any(p >= k for pair, k in zip(padding, pool_size) for p in pair):
+    if any(p >= k for pair, k in zip(padding, pool_size, strict=True) for p in pair):
         raise ValueError(
             f"{op}: Expected each pad to be smaller than the pool. "
             f"Received: pool_size={tuple(pool_size)}, padding={padding}"
