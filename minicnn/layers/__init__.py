@@ -35,3 +35,5 @@ __all__ = [
     "Layer", "Activation", "Conv2D", "Dense", "Dropout", "Flatten", "Input", "InputLayer",
     "MaxPool2D", "MaxPooling2D", "ReLU", "Softmax", "register", "get", "serialize", "deserialize",
 ]
+from .preprocessing import Normalization, RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing  # noqa: E402, I001
+for _cls in (Normalization, RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing): register(_cls)  # noqa: E701
