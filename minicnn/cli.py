@@ -17,7 +17,7 @@ class CLIError(Exception):
 
 
 # ----------------------------------------------------------------------------------------- data
-def load_dataset(name, seed=None, image_size=None):
+def load_dataset(name, seed=None, image_size=None, batch_size=32):
     """``(x_train, y_train), (x_test, y_test), class_names`` as NHWC uint8/float arrays and int labels.
 
     ``name``: 'sample' (the Fashion-MNIST subset inside the package), 'fashion-mnist', 'mnist',
@@ -36,7 +36,7 @@ def load_dataset(name, seed=None, image_size=None):
         (x, y), (xt, yt) = datasets.cifar10.load_data()
         classes = datasets.cifar10.CLASS_NAMES
     elif os.path.isdir(name):
-        return _load_folder(name, seed, image_size or (64, 64))
+        return _load_folder(name, seed, image_size or (64, 64), batch_size)
     else:
         raise CLIError(f"unknown dataset {name!r}: use sample, fashion-mnist, mnist, cifar10 or a folder of images")
     if x.ndim == 3:   # (N, 28, 28) -> (N, 28, 28, 1): NHWC with one channel
@@ -44,10 +44,10 @@ def load_dataset(name, seed=None, image_size=None):
     return (x, np.asarray(y).reshape(-1)), (xt, np.asarray(yt).reshape(-1)), list(classes)
 
 
-def _load_folder(folder, seed, image_size):
+def _load_folder(folder, seed, image_size, batch_size):
     from .data import image_dataset_from_directory
 
-    kw = dict(image_size=image_size, batch_size=64, seed=seed if seed is not None else 0)
+    kw = dict(image_size=image_size, batch_size=batch_size, seed=seed if seed is not None else 0)
     if os.path.isdir(os.path.join(folder, "train")) and os.path.isdir(os.path.join(folder, "test")):
         train = image_dataset_from_directory(os.path.join(folder, "train"), shuffle=True, **kw)
         test = image_dataset_from_directory(os.path.join(folder, "test"), shuffle=False, class_names=train.class_names, **kw)
@@ -64,7 +64,7 @@ def cmd_train(args):
 
     if args.seed is not None:
         set_random_seed(args.seed)
-    train, test, class_names = load_dataset(args.dataset, args.seed, args.image_size)
+    train, test, class_names = load_dataset(args.dataset, args.seed, args.image_size, args.batch_size)
     streaming = not isinstance(train, tuple)
     if streaming:
         input_shape, fit_args = train.element_shape, (train,)

@@ -1,0 +1,102 @@
+"""The `minicnn` command: train, evaluate, predict, info, gradcheck, and one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicnn import cli
+from minicnn.datasets import fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short `minicnn train` run shared by the tests below (1 epoch of the blog's model)."""
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["train", "--model", "seed", "--epochs", "1", "--seed", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_model_and_pictures(trained, capsys):
+    for name in ("model.npz", "history.png", "confusion_matrix.png"):
+        assert (trained / name).stat().st_size > 1000
+        if name.endswith(".png"):
+            assert (trained / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_model_carries_class_names_and_preprocessing(trained, tmp_path, capsys):
+    (_, _), (x_test, y_test) = fashion_mnist.load_data(sample=True)
+    paths = []
+    for i in range(4):   # raw uint8 pixels go in: the model holds its own Rescaling(1/255)
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(x_test[i]).save(paths[-1])
+    assert cli.main(["predict", str(trained / "model.npz"), *paths, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for path, line in zip(paths, lines):
+        assert line.startswith(path + ": ")
+        names = [part.split(" (")[0] for part in line.split(": ", 1)[1].split(", ")]
+        assert len(names) == 2 and all(n in fashion_mnist.CLASS_NAMES for n in names)
+    right = sum(line.split(": ", 1)[1].startswith(fashion_mnist.CLASS_NAMES[y]) for line, y in zip(lines, y_test))
+    assert right >= 2   # one epoch already gets most of these right
+
+
+def test_evaluate_prints_accuracy_and_report(trained, capsys):
+    assert cli.main(["evaluate", str(trained / "model.npz")]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("Test accuracy: ")[1].split()[0])
+    assert 0.5 < accuracy <= 1.0
+    assert "Ankle boot" in out and "macro avg" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["evaluate", "missing.npz"], "model file not found: missing.npz"),
+        (["predict", "{model}", "missing.png"], "image not found: missing.png"),
+        (["predict", "{model}", "{bad_image}"], "cannot read image"),
+        (["evaluate", "{bad_image}"], "is not a minicnn model file"),
+        (["train", "--dataset", "nowhere-data"], "unknown dataset 'nowhere-data'"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_1(trained, tmp_path, capsys, argv, message):
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is not an image")
+    argv = [a.format(model=trained / "model.npz", bad_image=bad) for a in argv]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minicnn: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_python_dash_m_is_the_same_program_and_info_shows_the_cache():
+    out = subprocess.run([sys.executable, "-m", "minicnn", "info"], capture_output=True, text=True, check=True).stdout
+    assert "backend: numba" in out and "cache:" in out
+    assert "sample" in out and "fashion-mnist" in out
+
+
+def test_gradcheck_command_passes(capsys):
+    assert cli.main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "all gradients agree" in out and out.count("kernel") >= 2
+
+
+def test_train_streams_from_an_image_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, colour in (("dark", 40), ("light", 210)):
+            folder = tmp_path / "pics" / split / label
+            folder.mkdir(parents=True)
+            for i in range(12):
+                pixels = np.clip(colour + rng.normal(0, 20, (20, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", str(tmp_path / "pics"), "--epochs", "4", "--batch-size", "4", "--image-size", "16", "16",
+            "--seed", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert float(text.split("Test accuracy: ")[1].split()[0]) >= 0.9   # dark vs light is easy
+    assert cli.main(["predict", str(out / "model.npz"), str(tmp_path / "pics" / "test" / "light" / "1.png")]) == 0
+    assert capsys.readouterr().out.split(": ")[1].startswith("light")
