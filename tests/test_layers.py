@@ -6,7 +6,17 @@ import pytest
 import minicnn
 from minicnn import gradcheck
 from minicnn.layers import (
-    Activation, Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D, ReLU, Softmax, deserialize, serialize,
+    Activation,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    MaxPooling2D,
+    ReLU,
+    Softmax,
+    deserialize,
+    serialize,
 )
 
 BACKENDS = ["reference", "numba"]

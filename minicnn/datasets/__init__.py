@@ -14,7 +14,6 @@ from . import cifar10, fashion_mnist, mnist
 from ._files import DatasetNotFoundError
 
 
-
 def find_all():
     """``{dataset: folder or None}``: where each dataset would be loaded from, without downloading."""
     return {

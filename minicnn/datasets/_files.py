@@ -36,9 +36,9 @@ No pickle is ever read (the "python version" of CIFAR-10 is a pickle, which can 
 """
 
 import gzip
-import lzma
 import hashlib
 import io
+import lzma
 import os
 import sys
 import tarfile

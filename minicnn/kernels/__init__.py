@@ -50,7 +50,7 @@ def conv_padding(padding, input_hw, window, strides, dilation=(1, 1)):
     """Explicit ``((top, bottom), (left, right))`` padding for 'valid' or 'same'."""
     if padding == "valid":
         return ((0, 0), (0, 0))
-    return tuple(same_padding_1d(n, k, s, d) for n, k, s, d in zip(input_hw, window, strides, dilation))
+    return tuple(same_padding_1d(n, k, s, d) for n, k, s, d in zip(input_hw, window, strides, dilation, strict=True))
 
 
 def output_size(size, window, stride, pad=(0, 0), dilation=1):
