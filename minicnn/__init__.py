@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "activations", "callbacks", "cli", "config", "data", "datasets", "gradcheck", "initializers",
     "inspect", "interop", "kernels", "layers", "losses", "metrics", "models", "optimizers", "plotting",
-    "regularizers", "utils",
+    "regularizers", "schedules", "utils", "zoo",
 )
 
 

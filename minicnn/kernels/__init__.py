@@ -24,6 +24,7 @@ KERNELS = (
     "conv2d_backward_weights",
     "maxpool2d_forward",
     "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward_train", "batchnorm_backward",
 )
 
 

@@ -492,3 +492,254 @@ def warmup(dtypes=("float32", "float64")):
         conv2d_backward_weights(x, y, (2, 2), padding=((0, 1), (0, 1)))
         y, argmax = maxpool2d_forward(x, (2, 2), (1, 1))
         maxpool2d_backward(y, argmax, x.shape, (2, 2), (1, 1))
+
+
+# ----------------------------------------------------------------------------------------
+# Average pooling: a window sum divided by its count of real (unpadded) cells
+# ----------------------------------------------------------------------------------------
+
+
+def avgpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
+    """Mean of each ``PH x PW`` window of each channel, padded cells left out.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), float32 or float64
+    pool_size : (PH, PW)
+    strides : (SH, SW)
+    padding : ((pad_top, pad_bottom), (pad_left, pad_right)); each pad smaller than the pool
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C), dtype of x, ``OH = (H + pad_top + pad_bottom - PH) // SH + 1``
+
+    Notes
+    -----
+    ::
+
+        y[n, i, j, c] = (1 / count[i, j]) * sum_{u, v} xp[n, SH*i + u, SW*j + v, c]
+
+    where ``count[i, j] = rows_inside(i) * cols_inside(j)`` counts the window's cells inside x:
+    padding is left out of the sum and the divisor (Keras 'same'; PyTorch's ``count_include_pad=False``).
+    """
+    check_float("avgpool2d_forward", "x", x)
+    check_pool2d_args("avgpool2d_forward", x.shape, pool_size, strides, padding)
+    x = np.ascontiguousarray(x)
+    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
+    y = np.empty((x.shape[0], OH, OW, x.shape[3]), dtype=x.dtype)
+    _avgpool_forward(x, _pool_geometry(pool_size, strides, padding), y)
+    return y
+
+
+def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))):
+    """Gradient of a loss with respect to the input of :func:`avgpool2d_forward`.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C), the gradient with respect to y
+    x_shape : (N, H, W, C), the shape of the forward input
+    pool_size, strides, padding : as in the forward call
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C), dtype of dy
+
+    Notes
+    -----
+    ::
+
+        dx[n, p, q, c] = sum_{i, j} dy[n, i, j, c] / count[i, j]   over the windows (i, j) covering (p, q)
+    """
+    check_float("avgpool2d_backward", "dy", dy)
+    check_pool2d_args("avgpool2d_backward", x_shape, pool_size, strides, padding)
+    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"avgpool2d_backward: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy.shape)}")
+    dy = np.ascontiguousarray(dy)
+    dx = np.zeros(tuple(x_shape), dtype=dy.dtype)
+    _avgpool_backward(dy, _pool_geometry(pool_size, strides, padding), dx)
+    return dx
+
+
+@njit(**JIT_OPTIONS)
+def _avgpool_forward(x, g, y):
+    PH, PW, SH, SW, PT, PL = g
+    N, H, W, C = x.shape
+    _, OH, OW, _ = y.shape
+    for r in prange(N * OH):  # r = n*OH + i owns y[n, i]
+        n = r // OH
+        i = r - n * OH
+        p0, p1 = max(SH * i - PT, 0), min(SH * i - PT + PH, H)  # the window's rows inside x
+        for j in range(OW):
+            q0, q1 = max(SW * j - PL, 0), min(SW * j - PL + PW, W)
+            count = (p1 - p0) * (q1 - q0)
+            for c in range(C):
+                y[n, i, j, c] = 0
+            for p in range(p0, p1):  # same (u, v) order as the reference sum
+                for q in range(q0, q1):
+                    for c in range(C):
+                        y[n, i, j, c] += x[n, p, q, c]
+            for c in range(C):
+                y[n, i, j, c] /= count
+
+
+@njit(**JIT_OPTIONS)
+def _avgpool_backward(dy, g, dx):
+    PH, PW, SH, SW, PT, PL = g
+    N, H, W, C = dx.shape
+    _, OH, OW, _ = dy.shape
+    for n in prange(N):  # overlapping windows add into the same pixel: only n owns dx[n]
+        for i in range(OH):
+            p0, p1 = max(SH * i - PT, 0), min(SH * i - PT + PH, H)
+            for j in range(OW):
+                q0, q1 = max(SW * j - PL, 0), min(SW * j - PL + PW, W)
+                count = (p1 - p0) * (q1 - q0)
+                for p in range(p0, p1):
+                    for q in range(q0, q1):
+                        for c in range(C):
+                            dx[n, p, q, c] += dy[n, i, j, c] / count
+
+
+# ----------------------------------------------------------------------------------------
+# Batch normalisation: per-channel sums over row blocks
+# ----------------------------------------------------------------------------------------
+
+from .reference import check_batchnorm_args  # noqa: E402
+
+# Batch norm sums each channel over all M = N*H*W rows. Channels are the fastest axis in NHWC,
+# so a loop in which one thread owns one channel would stride through memory C values at a
+# time (measured 10x slower than this, and slower than NumPy). Instead the rows are cut into
+# blocks of BN_BLOCK_ROWS: block b owns row b of a (blocks, C) array of partial sums, read and
+# written contiguously; the partial sums are then added in block order. The block size is fixed,
+# so the results are the same bits for any number of threads. Sums are accumulated in float64.
+BN_BLOCK_ROWS = 256
+
+
+def batchnorm_forward_train(x, gamma, beta, epsilon):
+    """Normalise each channel with the mean and variance of this batch, then scale and shift.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., C), float32 or float64; statistics over all axes but the last
+    gamma, beta : ndarrays of shape (C,)
+    epsilon : float >= 0
+
+    Returns
+    -------
+    y : ndarray of the shape of x, dtype of x
+    mean, var : ndarrays of shape (C,), dtype of x: batch mean and biased batch variance
+
+    Notes
+    -----
+    With x seen as M rows of C channels::
+
+        mean[c]    = (1/M) sum_m x[m, c]
+        var[c]     = (1/M) sum_m (x[m, c] - mean[c])**2          (two passes, float64 sums)
+        y[m, c]    = gamma[c] * (x[m, c] - mean[c]) / sqrt(var[c] + epsilon) + beta[c]
+    """
+    check_float("batchnorm_forward_train", "x", x)
+    check_batchnorm_args("batchnorm_forward_train", x.shape, gamma, beta, epsilon)
+    C = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, C)
+    mean, var = _bn_moments(x2, BN_BLOCK_ROWS)
+    inv_std = 1.0 / np.sqrt(var + epsilon)
+    y = np.empty_like(x2)
+    _bn_normalize(x2, mean, inv_std, np.asarray(gamma, np.float64), np.asarray(beta, np.float64), BN_BLOCK_ROWS, y)
+    return y.reshape(x.shape), mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batchnorm_backward(dy, x, gamma, mean, var, epsilon):
+    """Gradients of a loss with respect to x, gamma and beta of :func:`batchnorm_forward_train`.
+
+    Parameters
+    ----------
+    dy : ndarray of the shape of x
+    x : ndarray of shape (..., C), the forward input
+    gamma, mean, var : ndarrays of shape (C,) (mean and var as returned by the forward pass)
+    epsilon : float
+
+    Returns
+    -------
+    dx : ndarray of the shape of x, dtype of dy
+    dgamma, dbeta : ndarrays of shape (C,), dtype of dy
+
+    Notes
+    -----
+    ::
+
+        dbeta[c]  = sum_m dy[m, c]
+        dgamma[c] = sum_m dy[m, c] * xhat[m, c]
+        dx[m, c]  = gamma[c] / sqrt(var[c] + epsilon) * (dy[m, c] - dbeta[c] / M - xhat[m, c] * dgamma[c] / M)
+
+    Two passes: the sums (one block of rows per iteration), then dx (rows owned by their block).
+    """
+    check_float("batchnorm_backward", "dy", dy)
+    check_batchnorm_args("batchnorm_backward", x.shape, gamma, gamma, epsilon)
+    if dy.shape != x.shape:
+        raise ValueError(f"batchnorm_backward: Expected `dy` of shape {x.shape}. Received: dy.shape={dy.shape}")
+    C = x.shape[-1]
+    dy2 = np.ascontiguousarray(dy).reshape(-1, C)
+    x2 = np.ascontiguousarray(x, dtype=dy.dtype).reshape(-1, C)
+    mean = np.asarray(mean, np.float64)
+    inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + epsilon)
+    dx = np.empty_like(dy2)
+    dgamma, dbeta = _bn_backward(dy2, x2, mean, inv_std, np.asarray(gamma, np.float64), BN_BLOCK_ROWS, dx)
+    return dx.reshape(x.shape), dgamma.astype(dy.dtype), dbeta.astype(dy.dtype)
+
+
+@njit(cache=_CACHE_OK)
+def _sum_blocks(part):
+    # (blocks, C) -> (C,), added in block order: the same bits for any thread count
+    total = np.zeros(part.shape[1])
+    for b in range(part.shape[0]):
+        for c in range(part.shape[1]):
+            total[c] += part[b, c]
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def _bn_moments(x, rows):
+    M, C = x.shape
+    blocks = (M + rows - 1) // rows
+    part = np.zeros((blocks, C))
+    for b in prange(blocks):  # block b owns part[b]
+        for m in range(b * rows, min(M, b * rows + rows)):
+            for c in range(C):
+                part[b, c] += x[m, c]
+    mean = _sum_blocks(part) / M
+    part2 = np.zeros((blocks, C))
+    for b in prange(blocks):  # second pass: squared deviations from the mean
+        for m in range(b * rows, min(M, b * rows + rows)):
+            for c in range(C):
+                d = x[m, c] - mean[c]
+                part2[b, c] += d * d
+    return mean, _sum_blocks(part2) / M
+
+
+@njit(**JIT_OPTIONS)
+def _bn_normalize(x, mean, inv_std, gamma, beta, rows, y):
+    M, C = x.shape
+    for b in prange((M + rows - 1) // rows):  # block b owns its rows of y
+        for m in range(b * rows, min(M, b * rows + rows)):
+            for c in range(C):
+                y[m, c] = gamma[c] * ((x[m, c] - mean[c]) * inv_std[c]) + beta[c]
+
+
+@njit(**JIT_OPTIONS)
+def _bn_backward(dy, x, mean, inv_std, gamma, rows, dx):
+    M, C = x.shape
+    blocks = (M + rows - 1) // rows
+    part_dbeta = np.zeros((blocks, C))
+    part_dgamma = np.zeros((blocks, C))
+    for b in prange(blocks):  # block b owns row b of both partial sums
+        for m in range(b * rows, min(M, b * rows + rows)):
+            for c in range(C):
+                part_dbeta[b, c] += dy[m, c]
+                part_dgamma[b, c] += dy[m, c] * ((x[m, c] - mean[c]) * inv_std[c])
+    dbeta, dgamma = _sum_blocks(part_dbeta), _sum_blocks(part_dgamma)
+    for b in prange(blocks):  # block b owns its rows of dx
+        for m in range(b * rows, min(M, b * rows + rows)):
+            for c in range(C):
+                xhat = (x[m, c] - mean[c]) * inv_std[c]
+                dx[m, c] = gamma[c] * inv_std[c] * (dy[m, c] - dbeta[c] / M - xhat * (dgamma[c] / M))
+    return dgamma, dbeta

@@ -324,3 +324,203 @@ def check_float(op, name, a):
     """Raise TypeError unless ``a`` holds float32 or float64 numbers."""
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: Expected `{name}` of dtype float32 or float64. Received: dtype={a.dtype}")
+
+
+# ----------------------------------------------------------------------------------------
+# Average pooling
+# ----------------------------------------------------------------------------------------
+
+
+def avgpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
+    """Mean of each ``PH x PW`` window of each channel, padded cells left out.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), float32 or float64
+    pool_size : (PH, PW)
+    strides : (SH, SW)
+    padding : ((pad_top, pad_bottom), (pad_left, pad_right)); each pad smaller than the pool
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C), dtype of x, ``OH = (H + pad_top + pad_bottom - PH) // SH + 1``
+
+    Notes
+    -----
+    With xp the input padded with zeros and ``count[i, j]`` the number of cells of window
+    ``(i, j)`` that lie inside x (not in the padding)::
+
+        y[n, i, j, c] = (1 / count[i, j]) * sum_{u, v} xp[n, SH*i + u, SW*j + v, c]
+
+    Padded cells count neither in the sum nor in the divisor, as in Keras/TensorFlow 'same'
+    average pooling (PyTorch's ``count_include_pad=False``; its default ``True`` divides by
+    ``PH*PW`` everywhere). Every window holds at least one real cell because each pad is
+    smaller than the pool.
+    """
+    check_float("avgpool2d_forward", "x", x)
+    check_pool2d_args("avgpool2d_forward", x.shape, pool_size, strides, padding)
+    (PH, PW), (SH, SW) = pool_size, strides
+    N, _, _, C = x.shape
+    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
+    xp = pad_hw(x, padding)
+    total = np.zeros((N, OH, OW, C), dtype=x.dtype)
+    for u in range(PH):  # one window offset at a time, as in conv2d_forward
+        for v in range(PW):
+            total += xp[:, u : u + SH * OH : SH, v : v + SW * OW : SW, :]
+    return total / avgpool2d_counts(x.shape, pool_size, strides, padding, x.dtype)
+
+
+def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))):
+    """Gradient of a loss with respect to the input of :func:`avgpool2d_forward`.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C), the gradient with respect to y
+    x_shape : (N, H, W, C), the shape of the forward input
+    pool_size, strides, padding : as in the forward call
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C), dtype of dy
+
+    Notes
+    -----
+    Every cell of a window has slope ``1 / count[i, j]``, so each input pixel collects the
+    shares of all windows that cover it::
+
+        dx[n, p, q, c] = sum_{i, j} dy[n, i, j, c] / count[i, j]
+                         over SH*i + u = p + pad_top, SW*j + v = q + pad_left, 0 <= u < PH, 0 <= v < PW
+    """
+    check_float("avgpool2d_backward", "dy", dy)
+    check_pool2d_args("avgpool2d_backward", x_shape, pool_size, strides, padding)
+    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"avgpool2d_backward: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy.shape)}")
+    (PH, PW), (SH, SW) = pool_size, strides
+    N, H, W, C = x_shape
+    OH, OW = dy.shape[1:3]
+    (pt, pb), (pl, pr) = padding
+    share = dy / avgpool2d_counts(x_shape, pool_size, strides, padding, dy.dtype)  # (N, OH, OW, C)
+    dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), dtype=dy.dtype)
+    for u in range(PH):
+        for v in range(PW):
+            # within one offset every window hits a different pixel, so += is exact
+            dxp[:, u : u + SH * OH : SH, v : v + SW * OW : SW, :] += share
+    return dxp[:, pt : pt + H, pl : pl + W, :]
+
+
+def avgpool2d_counts(x_shape, pool_size, strides, padding, dtype=np.float64):
+    """``count[i, j]``, shape (1, OH, OW, 1): how many cells of each window are inside the input.
+
+    The same windowed sum as the forward pass, over an array that is 1 inside and 0 in the padding.
+    """
+    (PH, PW), (SH, SW) = pool_size, strides
+    OH, OW = pool2d_output_hw(x_shape, pool_size, strides, padding)
+    inside = pad_hw(np.ones((1, x_shape[1], x_shape[2], 1), dtype=dtype), padding)
+    count = np.zeros((1, OH, OW, 1), dtype=dtype)
+    for u in range(PH):
+        for v in range(PW):
+            count += inside[:, u : u + SH * OH : SH, v : v + SW * OW : SW, :]
+    return count
+
+
+# ----------------------------------------------------------------------------------------
+# Batch normalisation (training mode: batch statistics)
+# ----------------------------------------------------------------------------------------
+
+
+def batchnorm_forward_train(x, gamma, beta, epsilon):
+    """Normalise each channel with the mean and variance of this batch, then scale and shift.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., C), float32 or float64; channels last, statistics over all
+        other axes (N, H, W for images, N for (N, D) features)
+    gamma, beta : ndarrays of shape (C,), the learned scale and shift
+    epsilon : float >= 0, added to the variance
+
+    Returns
+    -------
+    y : ndarray of the shape of x, dtype of x
+    mean, var : ndarrays of shape (C,), dtype of x: the batch mean and the BIASED batch
+        variance (divided by M, not M - 1) that normalised x
+
+    Notes
+    -----
+    With x seen as M = N*H*W rows of C channels, ``x[m, c]``::
+
+        mean[c]    = (1/M) sum_m x[m, c]
+        var[c]     = (1/M) sum_m (x[m, c] - mean[c])**2
+        xhat[m, c] = (x[m, c] - mean[c]) / sqrt(var[c] + epsilon)
+        y[m, c]    = gamma[c] * xhat[m, c] + beta[c]
+
+    The variance is computed in two passes (mean first), which stays accurate when
+    ``|mean| >> std``; Keras computes ``E[x**2] - E[x]**2``, equal up to rounding.
+    """
+    check_float("batchnorm_forward_train", "x", x)
+    check_batchnorm_args("batchnorm_forward_train", x.shape, gamma, beta, epsilon)
+    gamma, beta = gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False)
+    x2 = x.reshape(-1, x.shape[-1])  # (M, C)
+    mean = x2.mean(axis=0)
+    var = ((x2 - mean) ** 2).mean(axis=0)
+    xhat = (x2 - mean) / np.sqrt(var + epsilon)
+    y = gamma * xhat + beta
+    return y.reshape(x.shape), mean, var
+
+
+def batchnorm_backward(dy, x, gamma, mean, var, epsilon):
+    """Gradients of a loss with respect to x, gamma and beta of :func:`batchnorm_forward_train`.
+
+    Parameters
+    ----------
+    dy : ndarray of the shape of x, the gradient with respect to y
+    x : ndarray of shape (..., C), the forward input
+    gamma : ndarray of shape (C,)
+    mean, var : ndarrays of shape (C,), as returned by the forward pass
+    epsilon : float, as in the forward call
+
+    Returns
+    -------
+    dx : ndarray of the shape of x, dtype of x
+    dgamma, dbeta : ndarrays of shape (C,), dtype of x
+
+    Notes
+    -----
+    Each ``xhat[m, c]`` depends on every ``x[k, c]`` of its channel, through the mean and the
+    variance. Differentiating the three paths and simplifying gives the compact form::
+
+        dbeta[c]  = sum_m dy[m, c]
+        dgamma[c] = sum_m dy[m, c] * xhat[m, c]
+        dx[m, c]  = gamma[c] / sqrt(var[c] + epsilon)
+                    * (dy[m, c] - dbeta[c] / M - xhat[m, c] * dgamma[c] / M)
+
+    The two subtracted terms are the projections of ``dy`` onto the directions the
+    normalisation removes: a constant shift (the mean) and a rescaling of ``xhat`` (the variance).
+    """
+    check_float("batchnorm_backward", "dy", dy)
+    check_batchnorm_args("batchnorm_backward", x.shape, gamma, gamma, epsilon)
+    if dy.shape != x.shape:
+        raise ValueError(f"batchnorm_backward: Expected `dy` of shape {x.shape}. Received: dy.shape={dy.shape}")
+    dtype = dy.dtype
+    C = x.shape[-1]
+    x2, dy2 = x.reshape(-1, C).astype(dtype, copy=False), dy.reshape(-1, C)  # (M, C)
+    M = x2.shape[0]
+    inv_std = 1 / np.sqrt(var.astype(dtype, copy=False) + epsilon)
+    xhat = (x2 - mean.astype(dtype, copy=False)) * inv_std
+    dbeta = dy2.sum(axis=0)
+    dgamma = (dy2 * xhat).sum(axis=0)
+    dx = gamma.astype(dtype, copy=False) * inv_std * (dy2 - dbeta / M - xhat * (dgamma / M))
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+def check_batchnorm_args(op, x_shape, gamma, beta, epsilon):
+    """Raise ValueError unless batch normalisation of ``x_shape`` with these parameters is defined."""
+    if len(x_shape) < 2 or 0 in x_shape:
+        raise ValueError(f"{op}: Expected a non-empty input of shape (N, ..., C). Received: shape={tuple(x_shape)}")
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        if np.shape(a) != (x_shape[-1],):
+            raise ValueError(
+                f"{op}: Expected `{name}` of shape ({x_shape[-1]},), one per channel. Received: {name}.shape={np.shape(a)}"
+            )
+    if not np.isfinite(epsilon) or epsilon < 0:
+        raise ValueError(f"{op}: Expected `epsilon` >= 0. Received: epsilon={epsilon!r}")

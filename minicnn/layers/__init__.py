@@ -37,3 +37,9 @@ __all__ = [
 ]
 from .preprocessing import Normalization, RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing  # noqa: E402, I001
 for _cls in (Normalization, RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing): register(_cls)  # noqa: E701
+from .activation_layers import ELU, LeakyReLU  # noqa: E402, I001
+from .normalization import BatchNormalization  # noqa: E402
+from .pooling import AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D, GlobalMaxPool2D, GlobalMaxPooling2D  # noqa: E402
+from .reshaping import ZeroPadding2D  # noqa: E402
+for _cls in (AveragePooling2D, BatchNormalization, ELU, GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, ZeroPadding2D): register(_cls)  # noqa: E701
+__all__ += ["AveragePooling2D", "AvgPool2D", "BatchNormalization", "ELU", "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "GlobalMaxPooling2D", "LeakyReLU", "ZeroPadding2D"]  # noqa: E501
