@@ -446,14 +446,23 @@ class Sequential:
         fused = getattr(self.loss, "fuses_with", None)
         return fused is not None and not self.loss.from_logits and fused == activations.serialize(layer.activation)
 
-    def _backward(self, y, y_pred):
-        """Fill every layer's ``grads`` with ``dL/dparams``, from the loss back to the first layer."""
+    def _backward(self, y, y_pred, input_gradient=True):
+        """Fill every layer's ``grads`` with ``dL/dparams``, from the loss back to the first layer.
+
+        ``input_gradient=False`` (a training step) stops at the first layer with trainable weights
+        and tells it, with ``needs_input_gradient = False``, that no one needs its ``dL/dx``.
+        """
+        first = 0
+        if not input_gradient:
+            first = next((i for i, lay in enumerate(self._layers) if lay.trainable and lay.params), len(self._layers) - 1)
+        for i, layer in enumerate(self._layers):
+            layer.needs_input_gradient = input_gradient or i > first
         last = self._layers[-1]
         if self._fuses(last):
             dy = last._backward(self.loss.logits_gradient(y, y_pred))   # dL/dz = (p - y) / N
         else:
             dy = last.backward(self.loss.gradient(y, y_pred))
-        for layer in reversed(self._layers[:-1]):
+        for layer in reversed(self._layers[first:-1]):
             dy = layer.backward(dy)
         for layer in self._layers:
             layer.add_regularization_gradients()
@@ -462,7 +471,7 @@ class Sequential:
         """One step of gradient descent on a checked batch; returns the loss and the predictions."""
         y_pred = self._forward(x, training=True)
         loss = self.loss(y, y_pred) + self._penalty()
-        self._backward(y, y_pred)
+        self._backward(y, y_pred, input_gradient=False)
         if self.trainable:
             self.optimizer.apply_gradients(self._layers)
         return loss, y_pred

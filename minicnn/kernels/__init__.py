@@ -24,6 +24,10 @@ KERNELS = (
     "conv2d_backward_weights",
     "maxpool2d_forward",
     "maxpool2d_backward",
+    "conv2d_backward",
+    "dense_forward",
+    "dense_backward",
+    "adam_update",
     "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward_train", "batchnorm_backward",
 )
 

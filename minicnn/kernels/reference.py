@@ -29,7 +29,8 @@ FLOAT_DTYPES = (np.float32, np.float64)
 # ----------------------------------------------------------------------------------------
 
 
-def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), activation=None,
+                   workspace=None):
     """Cross-correlate a batch of NHWC images with a bank of filters.
 
     Parameters
@@ -40,6 +41,10 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     strides : (SH, SW)
     padding : ((pad_top, pad_bottom), (pad_left, pad_right)), zeros added around x
     dilation : (DH, DW), the step between kernel taps (1: an ordinary kernel)
+    activation : None or 'relu'
+        'relu' returns ``max(y, 0)`` (the Numba backend applies it in the same pass as the bias).
+    workspace : dict or None
+        Ignored here; the Numba backend keeps its im2col matrix in it for the backward pass.
 
     Returns
     -------
@@ -54,6 +59,7 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     """
     check_float("conv2d_forward", "x", x)
     check_conv2d_args("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
+    check_activation("conv2d_forward", activation)
     w = w.astype(x.dtype, copy=False)  # a float64 kernel must not up-cast float32 data
     (KH, KW, _, F), (SH, SW), (DH, DW) = w.shape, strides, dilation
     OH, OW = conv2d_output_hw(x.shape, (KH, KW), strides, padding, dilation)
@@ -65,6 +71,8 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
             y += patch @ w[u, v]  # (N, OH, OW, C) @ (C, F) -> (N, OH, OW, F)
     if b is not None:
         y += b  # in place: keeps the dtype of x
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
     return y
 
 
@@ -150,6 +158,42 @@ def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0),
             dw[u, v] = np.tensordot(patch, dy, axes=([0, 1, 2], [0, 1, 2]))
     db = dy.sum(axis=(0, 1, 2))
     return dw, db
+
+
+def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), relu_output=None,
+                    input_gradient=True, workspace=None):
+    """All the gradients of :func:`conv2d_forward` in one call: ``(dx, dw, db)``.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, F), the gradient with respect to the output
+    x : ndarray of shape (N, H, W, C), the forward input
+    w : ndarray of shape (KH, KW, C, F)
+    strides, padding, dilation : as in the forward call
+    relu_output : ndarray of shape (N, OH, OW, F) or None
+        ``y`` of ``conv2d_forward(..., activation='relu')``: ``dy`` is then the gradient with
+        respect to ``y = max(z, 0)``, and the chain rule first multiplies it by ``y > 0``.
+    input_gradient : bool
+        False skips ``dx`` and returns None for it (the first layer of a model needs none).
+    workspace : dict or None
+        Ignored here (see :func:`conv2d_forward`).
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C) or None;  dw : (KH, KW, C, F);  db : (F,)
+
+    Notes
+    -----
+    ::
+
+        dz = dy * (relu_output > 0)            (ReLU's derivative; 0 at 0, as Keras and PyTorch)
+        dx = conv2d_backward_input(dz, ...)    dw, db = conv2d_backward_weights(x, dz, ...)
+    """
+    if relu_output is not None:
+        dy = dy * (relu_output > 0)
+    dw, db = conv2d_backward_weights(x, dy, w.shape[:2], strides, padding, dilation)
+    dx = conv2d_backward_input(dy, w, x.shape, strides, padding, dilation) if input_gradient else None
+    return dx, dw, db
 
 
 # ----------------------------------------------------------------------------------------
@@ -248,6 +292,103 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
 
 
 # ----------------------------------------------------------------------------------------
+# Dense (fully connected)
+# ----------------------------------------------------------------------------------------
+
+
+def dense_forward(x, w, b, activation=None):
+    """A fully connected layer: every output is a weighted sum of all the inputs.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, D)
+    w : ndarray of shape (D, U)
+    b : ndarray of shape (U,), or None for no bias
+    activation : None or 'relu'
+
+    Returns
+    -------
+    y : ndarray of shape (N, U), dtype of x
+
+    Notes
+    -----
+    ::
+
+        y[n, k] = b[k] + sum_d x[n, d] * w[d, k]        (then max(y, 0) for 'relu')
+    """
+    check_float("dense_forward", "x", x)
+    check_activation("dense_forward", activation)
+    y = x @ w.astype(x.dtype, copy=False)
+    if b is not None:
+        y += b
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
+    return y
+
+
+def dense_backward(dy, x, w, relu_output=None, input_gradient=True):
+    """All the gradients of :func:`dense_forward`: ``(dx, dw, db)``.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, U), the gradient with respect to the output
+    x : ndarray of shape (N, D), the forward input
+    w : ndarray of shape (D, U)
+    relu_output : ndarray of shape (N, U) or None
+        ``y`` of ``dense_forward(..., activation='relu')``: ``dy`` is first multiplied by ``y > 0``.
+    input_gradient : bool
+        False skips ``dx`` and returns None for it.
+
+    Notes
+    -----
+    With ``dz = dy * (relu_output > 0)`` (or ``dz = dy``)::
+
+        dx = dz @ w.T        dw = x.T @ dz        db[k] = sum_n dz[n, k]
+    """
+    check_float("dense_backward", "dy", dy)
+    if relu_output is not None:
+        dy = dy * (relu_output > 0)
+    dy = dy.astype(x.dtype, copy=False)
+    dx = dy @ w.astype(x.dtype, copy=False).T if input_gradient else None
+    return dx, x.T @ dy, dy.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------------------
+# Adam's update
+# ----------------------------------------------------------------------------------------
+
+
+def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
+    """One Adam step on one array, in place, in Keras's form.
+
+    Parameters
+    ----------
+    w : ndarray, the weights (changed in place)
+    g : ndarray of the shape of w, the gradient dL/dw
+    m, v : ndarrays of the shape of w, the moment estimates (changed in place)
+    lr_t : float
+        The step size with both bias corrections folded in:
+        ``learning_rate * sqrt(1 - beta_2**t) / (1 - beta_1**t)`` at step t = 1, 2, ...
+        A Python float: NumPy rounds it to float32 for float32 arrays (a NumPy float64
+        scalar would instead turn the update into float64 arithmetic).
+    beta_1, beta_2, epsilon : floats
+
+    Notes
+    -----
+    ::
+
+        m = m + (1 - beta_1) * (g - m)        # = beta_1 * m + (1 - beta_1) * g
+        v = v + (1 - beta_2) * (g**2 - v)     # = beta_2 * v + (1 - beta_2) * g**2
+        w = w - lr_t * m / (sqrt(v) + epsilon)
+
+    Each line is a pass over the whole array; the Numba backend does all three in one.
+    """
+    m += (g - m) * (1 - beta_1)
+    v += (g * g - v) * (1 - beta_2)
+    w -= lr_t * m / (np.sqrt(v) + epsilon)
+
+
+# ----------------------------------------------------------------------------------------
 # Helpers (shared with numba_cpu.py, so both backends raise the same errors)
 # ----------------------------------------------------------------------------------------
 
@@ -318,6 +459,12 @@ def check_pool2d_args(op, x_shape, pool_size, strides, padding):
             f"{op}: Expected each pad to be smaller than the pool. "
             f"Received: pool_size={tuple(pool_size)}, padding={padding}"
         )
+
+
+def check_activation(op, activation):
+    """Raise ValueError unless ``activation`` is one a kernel can fuse (None or 'relu')."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: Expected `activation` None or 'relu'. Received: activation={activation!r}")
 
 
 def check_float(op, name, a):

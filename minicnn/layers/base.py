@@ -90,6 +90,14 @@ class Layer:
     #: Arrays kept with the weights but not trained (e.g. BatchNormalization's moving mean).
     non_trainable_names = ()
 
+    #: Activations this layer's kernels apply themselves, in the same pass as the op (Conv2D:
+    #: 'relu'); ``forward`` and ``backward`` then leave the activation to ``_forward``/``_backward``.
+    fused_activations = ()
+
+    #: False when no one needs ``dL/dx`` (``Sequential`` sets it for its first trainable layer
+    #: during training): ``backward`` then only fills ``grads`` and may return None.
+    needs_input_gradient = True
+
     def __init__(self, name=None, input_shape=None, activation=None, dtype=None, trainable=True):
         cls = type(self).__name__
         self.name = name if name is not None else unique_name(_snake_case(cls))
@@ -175,7 +183,7 @@ class Layer:
             self.build((None,) + tuple(np.shape(x))[1:])
         x = self.check_input(x)
         z = self._forward(x, training)
-        return z if self.activation is None else self.activation.forward(z)
+        return z if self.activation is None or self.activation_is_fused else self.activation.forward(z)
 
     def backward(self, dy):
         """Given ``dy = dL/dy``, fill ``self.grads`` and return ``dL/dx``.
@@ -183,8 +191,13 @@ class Layer:
         With an activation ``y = g(z)``: ``dz = g'(z) * dy`` first (for softmax, the Jacobian-vector
         product), then the layer's own ``_backward(dz)``.
         """
-        dz = dy if self.activation is None else self.activation.backward(dy)
+        dz = dy if self.activation is None or self.activation_is_fused else self.activation.backward(dy)
         return self._backward(dz)
+
+    @property
+    def activation_is_fused(self):
+        """True when ``_forward`` applies the activation itself (and ``_backward`` differentiates it)."""
+        return self.activation is not None and self.activation.name in self.fused_activations
 
     def _forward(self, x, training):
         return x

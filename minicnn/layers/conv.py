@@ -101,20 +101,34 @@ class Conv2D(Layer):
         if self.use_bias:
             self.add_weight("bias", (self.filters,), self.bias_initializer)
 
+    # ReLU is applied by the kernel in the same pass as the bias, and differentiated in the
+    # backward kernel: no separate pass (and array) for it in either direction
+    fused_activations = ("relu",)
+
     def _forward(self, x, training):
         pads = self._padding(x.shape)
-        self.cache = {"x": x, "padding": pads}
-        return kernels.conv2d_forward(
-            x, self.params["kernel"], self.params.get("bias"), self.strides, pads, self.dilation_rate
+        self.cache = {}  # let go of the last batch's arrays first: the kernels can reuse them
+        relu = self.activation_is_fused
+        workspace = {} if training else None  # the Numba kernels keep their im2col matrix there
+        y = kernels.conv2d_forward(
+            x, self.params["kernel"], self.params.get("bias"), self.strides, pads, self.dilation_rate,
+            activation="relu" if relu else None, workspace=workspace,
         )
+        self.cache = {"x": x, "padding": pads, "relu_output": y if relu else None, "workspace": workspace}
+        return y
 
-    def _backward(self, dz):
+    def _backward(self, dy):
+        # dy is dL/dy, y = relu(z) when the ReLU is fused (the kernel applies y > 0), else dL/dz
         x, pads = self._cached("x"), self.cache["padding"]
-        dw, db = kernels.conv2d_backward_weights(x, dz, self.kernel_size, self.strides, pads, self.dilation_rate)
+        dx, dw, db = kernels.conv2d_backward(
+            dy, x, self.params["kernel"], self.strides, pads, self.dilation_rate,
+            relu_output=self.cache["relu_output"], input_gradient=self.needs_input_gradient,
+            workspace=self.cache["workspace"],
+        )
         self.grads["kernel"] = dw
         if self.use_bias:
             self.grads["bias"] = db
-        return kernels.conv2d_backward_input(dz, self.params["kernel"], x.shape, self.strides, pads, self.dilation_rate)
+        return dx
 
     def get_config(self):
         return {

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from .. import activations, config, regularizers
+from .. import activations, config, kernels, regularizers
 from .base import Layer, format_shape
 
 
@@ -56,19 +56,25 @@ class Dense(Layer):
         if self.use_bias:
             self.add_weight("bias", (self.units,), self.bias_initializer)
 
+    # ReLU is applied in the kernel's pass over y, and differentiated in the backward kernel
+    fused_activations = ("relu",)
+
     def _forward(self, x, training):
-        self.cache = {"x": x}
-        y = x @ self.params["kernel"]
-        if self.use_bias:
-            y += self.params["bias"]
+        relu = self.activation_is_fused
+        y = kernels.dense_forward(x, self.params["kernel"], self.params.get("bias"), "relu" if relu else None)
+        self.cache = {"x": x, "relu_output": y if relu else None}
         return y
 
-    def _backward(self, dz):
+    def _backward(self, dy):
+        # dy is dL/dy, y = relu(z) when the ReLU is fused (the kernel applies y > 0), else dL/dz
         x = self._cached("x")
-        self.grads["kernel"] = x.T @ dz
+        self.grads = {}  # let go of the last step's gradients first: the kernel can reuse their memory
+        dx, dw, db = kernels.dense_backward(dy, x, self.params["kernel"], self.cache["relu_output"],
+                                            input_gradient=self.needs_input_gradient)
+        self.grads["kernel"] = dw
         if self.use_bias:
-            self.grads["bias"] = dz.sum(axis=0)
-        return dz @ self.params["kernel"].T
+            self.grads["bias"] = db
+        return dx
 
     def get_config(self):
         return {

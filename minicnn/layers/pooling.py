@@ -58,6 +58,7 @@ class MaxPooling2D(Layer):
 
     def _forward(self, x, training):
         pads = self._padding(x.shape)
+        self.cache = {}  # let go of the last batch's argmax first: the kernel can reuse its memory
         y, argmax = kernels.maxpool2d_forward(x, self.pool_size, self.strides, pads)
         self.cache = {"argmax": argmax, "x_shape": x.shape, "padding": pads}
         return y

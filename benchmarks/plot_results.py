@@ -1,0 +1,128 @@
+"""Draw ``benchmarks/results.png`` from the JSON the benchmark scripts write.
+
+    python benchmarks/plot_results.py [benchmarks/results/bench.json] [--out benchmarks/results.png]
+
+Three panels: training and inference speed of minicnn relative to PyTorch (bars, with the
+absolute images/s written on them), peak memory of the training runs, and the convolution
+kernels' GFLOP/s against NumPy's fp32 GEMM ceiling.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+COLORS = {"minicnn": "#1f77b4", "torch": "#ee7733", "reference": "#999999", "numba": "#1f77b4"}
+
+
+def _label(row):
+    name = {"small": "small CNN", "blog": "blog model"}[row["model"]]
+    extra = "\nglibc tunables" if row.get("glibc_tunables") else ""
+    return f"{name}\nbatch {row['batch']}{extra}"
+
+
+def plot_speed(ax, rows):
+    """Throughput ratio minicnn / PyTorch per case; >1 means minicnn is faster."""
+    rows = [r for r in rows if "torch" in r]
+    groups = [("train", "training step"), ("infer", "inference")]
+    labels = []
+    for r in rows:
+        if r["mode"] == "train":
+            labels.append(_label(r))
+    x = np.arange(len(labels))
+    width = 0.38
+    for i, (mode, title) in enumerate(groups):
+        ratios, texts, pos = [], [], []
+        for j, label in enumerate(labels):
+            match = [r for r in rows if r["mode"] == mode and _label(r) == label]
+            if not match:
+                continue
+            r = match[0]
+            ratios.append(r["speedup"])
+            texts.append(f"{r['minicnn']['images_per_s']:,.0f}\nvs {r['torch']['images_per_s']:,.0f}")
+            pos.append(x[j] + (i - 0.5) * width)
+        bars = ax.bar(pos, ratios, width, label=title, color=["#1f77b4", "#66aadd"][i])
+        for bar, text in zip(bars, texts):
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.axhline(1.0, color="black", lw=1, ls="--")
+    ax.text(x[-1] + 0.6, 1.0, "PyTorch", va="bottom", ha="right", fontsize=9)
+    ax.set_xticks(x, labels, fontsize=9)
+    ax.set_ylabel("speed relative to PyTorch (x)")
+    ax.set_title("minicnn vs PyTorch, same threads, interleaved\n(labels: images/s, minicnn vs PyTorch)", fontsize=10)
+    ax.set_ylim(0, max(max(r["speedup"] for r in rows) * 1.35, 1.5))
+    ax.legend(loc="upper left", fontsize=9)
+
+
+def plot_memory(ax, rows):
+    rows = [r for r in rows if r["mode"] == "train" and not r.get("glibc_tunables") and "torch" in r]
+    labels = [_label(r) for r in rows]
+    x = np.arange(len(rows))
+    width = 0.38
+    for i, lib in enumerate(("minicnn", "torch")):
+        values = [r[lib]["peak_rss_mb"] for r in rows]
+        bars = ax.bar(x + (i - 0.5) * width, values, width, label={"minicnn": "minicnn", "torch": "PyTorch"}[lib],
+                      color=COLORS[lib])
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:,.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, labels, fontsize=9)
+    ax.set_ylabel("peak resident memory (MB)")
+    ax.set_title("peak memory of a training run\n(one process per case)", fontsize=10)
+    ax.set_ylim(0, max(max(r[lib]["peak_rss_mb"] for lib in ("minicnn", "torch")) for r in rows) * 1.2)
+    ax.legend(loc="upper left", fontsize=9)
+
+
+def plot_kernels(ax, kernels):
+    cases = [c for c in kernels["cases"] if c["op"].startswith("conv")]
+    short = {"conv_forward": "fwd", "conv_backward_input": "d input", "conv_backward_weights": "d weights"}
+    labels = [f"{c['name'].split()[1]}\n{short[c['op']]}" for c in cases]
+    libs = [lib for lib in ("reference", "numba", "torch") if any(lib in c for c in cases)]
+    x = np.arange(len(cases))
+    width = 0.8 / len(libs)
+    names = {"reference": "minicnn reference", "numba": "minicnn Numba", "torch": "PyTorch"}
+    colors = {"reference": "#bbbbbb", "numba": "#1f77b4", "torch": "#ee7733"}
+    for i, lib in enumerate(libs):
+        values = [c[lib]["gflops"] if lib in c else 0 for c in cases]
+        ax.bar(x + (i - (len(libs) - 1) / 2) * width, values, width, label=names[lib], color=colors[lib])
+    ceiling = kernels["gemm_ceiling_gflops"]
+    ax.axhline(ceiling, color="black", lw=1, ls="--")
+    ax.axhline(ceiling / 2, color="black", lw=0.8, ls=":")
+    ax.text(len(cases) - 0.5, ceiling, f"NumPy fp32 GEMM ceiling {ceiling:.0f}", ha="right", va="bottom", fontsize=8)
+    ax.text(len(cases) - 0.5, ceiling / 2, "50% of it", ha="right", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("GFLOP/s (float32)")
+    ax.set_title("3x3 convolution kernels, batch 32 (input HxWxC->filters)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=9, ncol=3)
+    ax.set_ylim(0, ceiling * 1.3)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", nargs="?", default=str(HERE / "results" / "bench.json"))
+    parser.add_argument("--out", default=str(HERE / "results.png"))
+    args = parser.parse_args(argv)
+    data = json.loads(Path(args.json).read_text())
+    fig = plt.figure(figsize=(13, 9.5), constrained_layout=True)
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.6, 1])
+    if data.get("training"):
+        plot_speed(fig.add_subplot(grid[0, 0]), data["training"])
+        plot_memory(fig.add_subplot(grid[0, 1]), data["training"])
+    if data.get("kernels"):
+        plot_kernels(fig.add_subplot(grid[1, :]), data["kernels"])
+    m = data.get("machine", {})
+    v = m.get("versions", {})
+    fig.suptitle(f"minicnn {v.get('minicnn', '?')} vs PyTorch {v.get('torch', '-')} on {m.get('cpu', '?')}, "
+                 f"{m.get('threads', '?')} threads each ({m.get('date', '')})", fontsize=12)
+    fig.savefig(args.out, dpi=110)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

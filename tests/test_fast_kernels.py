@@ -1,0 +1,285 @@
+"""Tests of the kernels behind the fast training path: fused ReLU, the one-call conv backward,
+Dense, Adam, the reuse of scratch arrays, and the model skipping its first layer's input gradient.
+
+Same kinds of evidence as ``test_kernels.py``: finite differences on the reference, Numba
+against reference, results independent of the thread count, plus the safety of buffer reuse.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
+from minicnn.models import Sequential
+from minicnn.optimizers import SGD
+
+BACKENDS = {"reference": reference, "numba": numba_cpu}
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-5, atol=2e-5)}
+
+# (N, H, W, C, KH, KW, F, strides, padding): one channel, several, strides, 'same', 1x1,
+# and sizes big enough for the work to be split over lanes
+CASES = [
+    (2, 6, 5, 1, 3, 3, 4, (1, 1), "valid"),
+    (2, 7, 6, 1, 3, 3, 3, (2, 1), "same"),
+    (2, 6, 6, 3, 3, 3, 4, (1, 1), "same"),
+    (3, 7, 5, 2, 2, 3, 3, (2, 2), "valid"),
+    (2, 5, 5, 3, 1, 1, 4, (1, 1), "valid"),
+    (6, 20, 19, 1, 3, 3, 8, (1, 1), "valid"),
+    (6, 20, 19, 3, 3, 3, 8, (1, 1), "same"),
+]
+
+
+def case_id(case):
+    N, H, W, C, KH, KW, F, s, pad = case
+    return f"{N}x{H}x{W}x{C}-k{KH}x{KW}x{F}-s{s[0]}{s[1]}-{pad}"
+
+
+def make(case, rng, dtype=np.float64):
+    """x, w, b, an upstream gradient and the conv arguments of one case."""
+    N, H, W, C, KH, KW, F, strides, mode = case
+    kw = dict(strides=strides, padding=conv_padding(mode, (H, W), (KH, KW), strides))
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    w = rng.standard_normal((KH, KW, C, F)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    y = reference.conv2d_forward(x, w, b, **kw)
+    return x, w, b, rng.standard_normal(y.shape).astype(dtype), kw
+
+
+def assert_close(name, actual, expected, dtype):
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    np.testing.assert_allclose(actual, expected, **TOL[dtype], err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------- convolution
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_fused_relu_conv_matches_reference(case, dtype):
+    rng = np.random.default_rng(0)
+    x, w, b, dy, kw = make(case, rng, dtype)
+    expected = np.maximum(reference.conv2d_forward(x, w, b, **kw), 0)
+    for name, m in BACKENDS.items():
+        y = m.conv2d_forward(x, w, b, activation="relu", **kw)
+        assert_close(f"{name} y", y, expected, dtype)
+    y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
+    dz = dy * (y > 0)
+    want = dict(dx=reference.conv2d_backward_input(dz, w, x.shape, **kw),
+                dw=reference.conv2d_backward_weights(x, dz, w.shape[:2], **kw)[0],
+                db=reference.conv2d_backward_weights(x, dz, w.shape[:2], **kw)[1])
+    for name, m in BACKENDS.items():
+        for input_gradient in (True, False):
+            dx, dw, db = m.conv2d_backward(dy, x, w, relu_output=y, input_gradient=input_gradient, **kw)
+            assert (dx is None) == (not input_gradient)
+            if input_gradient:
+                assert_close(f"{name} dx", dx, want["dx"], dtype)
+            assert_close(f"{name} dw", dw, want["dw"], dtype)
+            assert_close(f"{name} db", db, want["db"], dtype)
+        # without relu_output the one-call backward is the two separate ones
+        dx, dw, db = m.conv2d_backward(dy, x, w, **kw)
+        assert_close(f"{name} dx (no relu)", dx, reference.conv2d_backward_input(dy, w, x.shape, **kw), dtype)
+        assert_close(f"{name} dw (no relu)", dw, reference.conv2d_backward_weights(x, dy, w.shape[:2], **kw)[0], dtype)
+
+
+def test_reference_relu_conv_backward_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    x, w, b, dy, kw = make((2, 5, 4, 2, 3, 2, 3, (1, 1), "same"), rng)
+    y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
+    assume_no_kinks = np.abs(reference.conv2d_forward(x, w, b, **kw)).min()
+    assert assume_no_kinks > 1e-3   # this seed keeps every pre-activation away from ReLU's kink
+    dx, dw, db = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
+
+    def loss():
+        return np.sum(reference.conv2d_forward(x, w, b, activation="relu", **kw) * dy)
+
+    for name, param, analytic in (("x", x, dx), ("w", w, dw), ("b", b, db)):
+        numeric = np.zeros_like(param)
+        for idx in np.ndindex(param.shape):
+            old = param[idx]
+            param[idx] = old + 1e-5
+            plus = loss()
+            param[idx] = old - 1e-5
+            minus = loss()
+            param[idx] = old
+            numeric[idx] = (plus - minus) / 2e-5
+        err = np.linalg.norm(analytic - numeric) / (np.linalg.norm(analytic) + np.linalg.norm(numeric))
+        assert err < 1e-7, f"d{name}: relative error {err:.2e}"
+
+
+def test_conv_backward_over_many_chunks_and_lanes(monkeypatch):
+    # one image per im2col chunk, several chunks per part: dw and db add up in a fixed order
+    rng = np.random.default_rng(2)
+    x, w, b, dy, kw = make((7, 9, 8, 3, 3, 3, 4, (1, 1), "same"), rng)
+    y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
+    expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
+    monkeypatch.setattr(numba_cpu, "COLS_BUDGET_BYTES", 1)
+    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
+        assert_close(name, a, e, np.float64)
+
+
+def test_backward_reuses_the_forward_im2col_matrix_only_for_the_same_input():
+    rng = np.random.default_rng(8)
+    x, w, b, dy, kw = make((4, 9, 8, 3, 3, 3, 4, (1, 1), "same"), rng, np.float32)
+    workspace = {}
+    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
+    assert workspace["x"] is x and workspace["cols"].shape == (4 * 9 * 8, 27 + 1)   # + the ones column
+    expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
+    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, workspace=workspace, **kw), expected):
+        assert_close(name, a, e, np.float32)
+    other = x + 1   # another input: the kept matrix must not be used
+    expected = reference.conv2d_backward(dy, other, w, relu_output=y, **kw)
+    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, other, w, relu_output=y, workspace=workspace, **kw), expected):
+        assert_close(name, a, e, np.float32)
+
+
+def test_bad_activation_and_relu_output_shapes_raise():
+    x, w = np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 2))
+    for m in BACKENDS.values():
+        with pytest.raises(ValueError, match="activation"):
+            m.conv2d_forward(x, w, None, activation="tanh")
+    with pytest.raises(ValueError, match="relu_output"):
+        numba_cpu.conv2d_backward(np.zeros((1, 2, 2, 2)), x, w, relu_output=np.zeros((1, 2, 2, 3)))
+
+
+# ----------------------------------------------------------------------------------------- dense
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 5, 4), (32, 5000, 16)], ids=["small", "long-D"])
+def test_dense_matches_reference(shape, dtype):
+    rng = np.random.default_rng(3)
+    N, D, U = shape
+    x = rng.standard_normal((N, D)).astype(dtype)
+    w = (rng.standard_normal((D, U)) / np.sqrt(D)).astype(dtype)
+    b = rng.standard_normal(U).astype(dtype)
+    dy = rng.standard_normal((N, U)).astype(dtype)
+    for activation in (None, "relu"):
+        y = reference.dense_forward(x, w, b, activation)
+        np.testing.assert_allclose(y, np.maximum(x @ w + b, 0) if activation else x @ w + b, **TOL[dtype])
+        assert_close("y", numba_cpu.dense_forward(x, w, b, activation), y, dtype)
+        relu_output = y if activation else None
+        want = reference.dense_backward(dy, x, w, relu_output)
+        for input_gradient in (True, False):
+            got = numba_cpu.dense_backward(dy, x, w, relu_output, input_gradient=input_gradient)
+            assert (got[0] is None) == (not input_gradient)
+            for name, a, e in zip(("dx", "dw", "db"), got, want):
+                if a is not None:
+                    assert_close(name, a, e, dtype)
+
+
+# ----------------------------------------------------------------------------------------- Adam
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [7, 300_001])
+def test_adam_update_is_the_reference_to_the_bit(size, dtype):
+    rng = np.random.default_rng(4)
+    state = {name: [rng.standard_normal(size).astype(dtype), np.zeros(size, dtype), np.zeros(size, dtype)]
+             for name in BACKENDS}
+    state["numba"][0][:] = state["reference"][0]
+    for t in range(1, 11):   # ten steps: a wrong bias correction would show
+        g = rng.standard_normal(size).astype(dtype)
+        lr_t = 1e-2 * (1 - 0.999**t) ** 0.5 / (1 - 0.9**t)
+        for name, m in BACKENDS.items():
+            m.adam_update(*state[name][:1], g, *state[name][1:], lr_t, 0.9, 0.999, 1e-7)
+    for i, name in enumerate(("w", "m", "v")):
+        np.testing.assert_array_equal(state["numba"][i], state["reference"][i], err_msg=name)
+
+
+def test_adam_update_divides_like_numpy():
+    # epsilon 0 and a zero gradient: 0 / 0 is nan in NumPy, and must not raise in the kernel
+    for m in BACKENDS.values():
+        w, g, mom, vel = np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)
+        with np.errstate(invalid="ignore"):
+            m.adam_update(w, g, mom, vel, 0.1, 0.9, 0.999, 0.0)
+        assert np.isnan(w).all()
+
+
+def test_adam_update_with_mixed_dtypes_falls_back_to_numpy():
+    w32, g64 = np.ones(5, np.float32), np.full(5, 0.5)
+    expected = [w32.copy(), np.zeros(5, np.float32), np.zeros(5, np.float32)]
+    reference.adam_update(expected[0], g64, expected[1], expected[2], 0.1, 0.9, 0.999, 1e-7)
+    got = [w32.copy(), np.zeros(5, np.float32), np.zeros(5, np.float32)]
+    numba_cpu.adam_update(got[0], g64, got[1], got[2], 0.1, 0.9, 0.999, 1e-7)
+    for a, e in zip(got, expected):
+        np.testing.assert_array_equal(a, e)
+
+
+# ----------------------------------------------------------------------------------------- threads
+@pytest.fixture
+def restore_threads():
+    before = numba_cpu.get_num_threads()
+    yield
+    numba_cpu.set_num_threads(before)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_new_kernels_do_not_depend_on_thread_count(restore_threads):
+    rng = np.random.default_rng(5)
+    x, w, b, dy, kw = make((6, 20, 19, 3, 3, 3, 8, (1, 1), "same"), rng, np.float32)
+    xd, wd = rng.standard_normal((32, 3000)).astype(np.float32), rng.standard_normal((3000, 16)).astype(np.float32)
+    dyd = rng.standard_normal((32, 16)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        numba_cpu.set_num_threads(threads)
+        y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
+        out = [y.copy(), *(a.copy() for a in numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw))]
+        yd = numba_cpu.dense_forward(xd, wd, None, "relu")
+        out += [yd.copy(), *(a.copy() for a in numba_cpu.dense_backward(dyd, xd, wd, yd))]
+        p = [a.copy() for a in (wd, wd * 0, wd * 0)]
+        numba_cpu.adam_update(p[0], wd, p[1], p[2], 1e-3, 0.9, 0.999, 1e-7)
+        results.append(out + p)
+    for i, (a, b_) in enumerate(zip(*results)):
+        assert np.array_equal(a, b_), f"result {i} differs between 1 and 2 threads"
+
+
+# ----------------------------------------------------------------------------------------- buffer reuse
+def test_arrays_a_caller_keeps_are_never_reused():
+    rng = np.random.default_rng(6)
+    x1, x2 = rng.standard_normal((2, 8, 30, 30, 4)).astype(np.float32)   # outputs of 112 KB .. 900 KB
+    w = rng.standard_normal((3, 3, 4, 64)).astype(np.float32)
+    y1 = numba_cpu.conv2d_forward(x1, w, None)
+    kept = y1.copy()
+    view = y1[1:3]   # a view keeps its base alive
+    pooled, argmax = numba_cpu.maxpool2d_forward(y1, (2, 2), (2, 2))
+    pooled_copy = pooled.copy()
+    del y1
+    y2 = numba_cpu.conv2d_forward(x2, w, None)   # same shape: must not land in y1's memory
+    numba_cpu.maxpool2d_forward(y2, (2, 2), (2, 2))
+    np.testing.assert_array_equal(view, kept[1:3])
+    np.testing.assert_array_equal(pooled, pooled_copy)
+    assert not np.shares_memory(y2, view)
+
+
+def test_arrays_no_one_holds_are_reused():
+    x = np.ones((8, 30, 30, 4), np.float32)
+    w = np.ones((3, 3, 4, 64), np.float32)
+    address = numba_cpu.conv2d_forward(x, w, None).ctypes.data   # dropped at once
+    assert numba_cpu.conv2d_forward(x, w, None).ctypes.data == address
+
+
+# ----------------------------------------------------------------------------------------- layers and model
+def test_relu_is_fused_only_where_the_kernels_can():
+    assert Conv2D(2, 3, activation="relu").activation_is_fused
+    assert Dense(2, activation="relu").activation_is_fused
+    assert not Conv2D(2, 3, activation="tanh").activation_is_fused
+    assert not Conv2D(2, 3).activation_is_fused
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_training_step_skips_the_first_layers_input_gradient_and_nothing_else(backend):
+    old = minicnn.get_backend()
+    minicnn.set_backend(backend)
+    try:
+        minicnn.utils.set_random_seed(7)
+        model = Sequential([Input(shape=(10, 10, 1)), Conv2D(4, 3, activation="relu"), MaxPooling2D(2),
+                            Flatten(), Dense(8, activation="relu"), Dense(3, activation="softmax")])
+        model.compile(optimizer=SGD(0.0), loss="sparse_categorical_crossentropy")
+        rng = np.random.default_rng(7)
+        x, y = rng.standard_normal((5, 10, 10, 1)), rng.integers(0, 3, 5)
+        model.compute_gradients(x, y)   # the full backward pass
+        full = [g.copy() for layer in model.layers for g in layer.grads.values()]
+        assert all(layer.needs_input_gradient for layer in model.layers)
+        model.train_on_batch(x, y)   # lr 0: the weights stay, the gradients are recomputed
+        assert not model.layers[0].needs_input_gradient
+        assert all(layer.needs_input_gradient for layer in model.layers[1:])
+        for a, b in zip(full, (g for layer in model.layers for g in layer.grads.values())):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        minicnn.set_backend(old)
