@@ -1,4 +1,4 @@
-"""Ready-made models: the blog's CNN and a slightly better small CNN.
+"""Ready-made models: the blog's CNN and a small two-block CNN.
 
 Both start with ``Rescaling(1/255)`` so they take raw uint8 pixels, and the saved model carries its
 own preprocessing: ``minicnn predict model.npz photo.png`` needs nothing else.
@@ -34,7 +34,12 @@ def blog_cnn(input_shape=(28, 28, 1), num_classes=10, augment=False):
 
 
 def small_cnn(input_shape=(28, 28, 1), num_classes=10, augment=False):
-    """Two conv blocks: Conv(32) -> Pool -> Conv(64) -> Pool -> Flatten -> Dense(128) -> Dense(softmax)."""
+    """Two conv blocks: Conv(32) -> Pool -> Conv(64) -> Pool -> Flatten -> Dense(128) -> Dense(softmax).
+
+    A third of the blog model's weights at 28x28 (225k vs 694k). In notebook 05 both reach about 90%
+    on Fashion-MNIST after 3 epochs; trained longer, the blog's model memorises (its validation loss
+    climbs back) while this one's stays flat.
+    """
     from .models import Sequential
 
     return Sequential(

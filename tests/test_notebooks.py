@@ -1,0 +1,75 @@
+"""The tutorial notebooks: stored without outputs, in sync with their sources, and runnable top to bottom.
+
+``notebooks/NN_topic.py`` (jupytext py:percent) is the source of truth; ``notebooks/NN_topic.ipynb`` is
+generated from it with ``jupytext --to ipynb notebooks/NN_topic.py`` and committed with no outputs.
+Each notebook is executed in a fresh ``python3`` kernel in smoke mode (``MINICNN_SMOKE=1``: fewer images
+and epochs) with a headless matplotlib (``MPLBACKEND=Agg``); its ``assert`` cells are the test. The
+kernel inherits this process's environment, and the files a notebook writes go to a temporary folder
+(``MINICNN_NOTEBOOK_OUT``), never into the repository.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+CELL_TIMEOUT = 300   # seconds per cell; in smoke mode a whole notebook takes well under two minutes
+
+
+def _ids(paths):
+    return [p.stem for p in paths]
+
+
+def test_every_source_has_a_notebook_and_back():
+    assert SOURCES, f"no notebook sources found in {NOTEBOOK_DIR}"
+    assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS], (
+        "each notebooks/NN_topic.py needs its notebooks/NN_topic.ipynb (run `jupytext --to ipynb` on it), "
+        "and each .ipynb its .py source"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_is_stored_without_outputs(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    dirty = [
+        i for i, cell in enumerate(nb["cells"])
+        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; store the notebook cleared"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_matches_its_source(path):
+    jupytext = pytest.importorskip("jupytext")
+    source = jupytext.read(path.with_suffix(".py"))
+    stored = jupytext.read(path)
+    cells = [(c.cell_type, c.source) for c in source.cells]
+    assert [(c.cell_type, c.source) for c in stored.cells] == cells, (
+        f"{path.name} differs from {path.with_suffix('.py').name}: regenerate it with "
+        f"`jupytext --to ipynb {path.with_suffix('.py').relative_to(NOTEBOOK_DIR.parent)}`"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("MINICNN_SMOKE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MINICNN_NOTEBOOK_OUT", str(tmp_path / "out"))
+    work = tmp_path / "run"                   # the kernel's working directory: a copy, not the repository
+    work.mkdir()
+    shutil.copy(path, work / path.name)
+    nb = nbformat.read(work / path.name, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    )
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as err:
+        pytest.fail(f"{path.name} failed in smoke mode:\n{err}", pytrace=False)
