@@ -44,7 +44,7 @@ from minicnn.utils import set_random_seed
 RESULTS = Path(__file__).resolve().parent / "results" / "deep_cnn.json"
 
 
-def build_model(widths=(32, 64, 128), dropout=0.2, seed=0):
+def build_model(widths=(32, 64, 128), dropout=0.1, seed=0):
     """``[Conv-BN-ReLU-Conv-BN-ReLU-MaxPool-Dropout]`` per width, then Flatten, Dropout, Dense(10)."""
     layers = [Input(shape=(28, 28, 1)), RandomFlip("horizontal", seed=seed)]
     for f in widths:
@@ -52,7 +52,7 @@ def build_model(widths=(32, 64, 128), dropout=0.2, seed=0):
             layers += [Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal"),
                        BatchNormalization(), ReLU()]
         layers += [MaxPooling2D(), Dropout(dropout)]
-    layers += [Flatten(), Dropout(0.3), Dense(10, activation="softmax")]
+    layers += [Flatten(), Dropout(0.25), Dense(10, activation="softmax")]
     return Sequential(layers, name="deep_cnn")
 
 
@@ -112,8 +112,8 @@ def main(argv=None):
 
     result = {
         "benchmark": "deep_cnn_fashion_mnist",
-        "architecture": "RandomFlip(h) + [Conv-BN-ReLU x2, MaxPool, Dropout(0.2)] x (32, 64, 128) "
-                        "+ Flatten + Dropout(0.3) + Dense(10, softmax)",
+        "architecture": "RandomFlip(h) + [Conv-BN-ReLU x2, MaxPool, Dropout(0.1)] x (32, 64, 128) "
+                        "+ Flatten + Dropout(0.25) + Dense(10, softmax)",
         "params": model.count_params(),
         "optimizer": f"Adam, linear warm-up {warmup} steps to {args.learning_rate}, cosine decay to 0",
         "batch_size": args.batch_size, "epochs": args.epochs, "n_train": len(x_train), "n_test": len(x_test),

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-THREADS = 2
+#: threads of every library's pool; ``MINICNN_BENCH_THREADS`` changes it (workers inherit it)
+THREADS = int(os.environ.get("MINICNN_BENCH_THREADS", "2"))
 #: glibc settings under which big blocks stay with the process instead of going back to the system
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
 _MARK = "@@bench@@ "  # prefix of the worker's answers on stdout (anything else is ignored)
@@ -78,7 +79,7 @@ def kernel_cases(quick=False):
 def _thread_env(extra=None):
     """The environment of a worker: the same thread count for every library's pool."""
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "MINICNN_BENCH_THREADS"):
         env[var] = str(THREADS)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
@@ -362,6 +363,14 @@ def interleave(workers_and_cases, rounds, reps, log=None):
     return times
 
 
+def _loadavg():
+    """The 1-minute load average (other processes competing for the cores), or None."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def median_ms(seconds):
     return float(np.median(seconds)) * 1e3
 
@@ -402,7 +411,7 @@ def run_kernels(quick=False, rounds=None, reps=None, log=print):
         for w in workers.values():
             w.close()
     ceiling = gemm["flops"] / (median_ms(times[("numpy", gemm["name"])]) * 1e-3) / 1e9
-    results = {"gemm_ceiling_gflops": ceiling, "cases": []}
+    results = {"gemm_ceiling_gflops": ceiling, "cases": [], "threads": THREADS, "loadavg_1min": _loadavg()}
     for case in cases:
         row = dict(name=case["name"], op=case["op"], flops=case["flops"])
         for lib in libs:
@@ -442,7 +451,8 @@ def run_training(configs, rounds=5, reps=None, glibc=False, log=print):
             finally:
                 for w in workers.values():
                     w.close()
-            row = dict(model=model, batch=batch, mode=mode, glibc_tunables=bool(env))
+            row = dict(model=model, batch=batch, mode=mode, glibc_tunables=bool(env), threads=THREADS,
+                       loadavg_1min=_loadavg())
             for lib in libs:
                 ms = median_ms(times[lib])
                 row[lib] = {"ms": ms, "images_per_s": batch / (ms * 1e-3), "peak_rss_mb": rss[lib],
@@ -630,7 +640,7 @@ def machine_info():
         pass
     return {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": versions,
-        "threads": THREADS, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "threads": THREADS, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_1min": _loadavg(),
         "env": {k: v for k, v in _thread_env().items() if k.endswith("_THREADS") or k in ("OMP_WAIT_POLICY", "GLIBC_TUNABLES")},
     }
 

@@ -455,15 +455,17 @@ class Sequential:
         first = 0
         if not input_gradient:
             first = next((i for i, lay in enumerate(self._layers) if lay.trainable and lay.params), len(self._layers) - 1)
-        for i, layer in enumerate(self._layers):
-            layer.needs_input_gradient = input_gradient or i > first
-        last = self._layers[-1]
-        if self._fuses(last):
-            dy = last._backward(self.loss.logits_gradient(y, y_pred))   # dL/dz = (p - y) / N
-        else:
-            dy = last.backward(self.loss.gradient(y, y_pred))
-        for layer in reversed(self._layers[first:-1]):
-            dy = layer.backward(dy)
+            self._layers[first].needs_input_gradient = False
+        try:
+            last = self._layers[-1]
+            if self._fuses(last):
+                dy = last._backward(self.loss.logits_gradient(y, y_pred))   # dL/dz = (p - y) / N
+            else:
+                dy = last.backward(self.loss.gradient(y, y_pred))
+            for layer in reversed(self._layers[first:-1]):
+                dy = layer.backward(dy)
+        finally:   # only for this step: a learner calling backward by hand later gets dL/dx again
+            self._layers[first].needs_input_gradient = True
         for layer in self._layers:
             layer.add_regularization_gradients()
 

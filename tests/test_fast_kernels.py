@@ -276,9 +276,15 @@ def test_training_step_skips_the_first_layers_input_gradient_and_nothing_else(ba
         model.compute_gradients(x, y)   # the full backward pass
         full = [g.copy() for layer in model.layers for g in layer.grads.values()]
         assert all(layer.needs_input_gradient for layer in model.layers)
+        seen = {}
+        for layer in model.layers:   # record each layer's flag while its backward runs
+            def spy(dz, layer=layer, inner=layer._backward):
+                seen[layer.name] = layer.needs_input_gradient
+                return inner(dz)
+            layer._backward = spy
         model.train_on_batch(x, y)   # lr 0: the weights stay, the gradients are recomputed
-        assert not model.layers[0].needs_input_gradient
-        assert all(layer.needs_input_gradient for layer in model.layers[1:])
+        assert [seen[layer.name] for layer in model.layers] == [False] + [True] * (len(model.layers) - 1)
+        assert all(layer.needs_input_gradient for layer in model.layers)   # restored after the step
         for a, b in zip(full, (g for layer in model.layers for g in layer.grads.values())):
             np.testing.assert_array_equal(a, b)
     finally:

@@ -734,3 +734,18 @@ def test_set_random_seed_and_clear_session():
     for a, b in zip(weights_a, weights_b):
         np.testing.assert_array_equal(a, b)
     assert small_cnn().layers[0].name == "conv2d_1"
+
+
+def test_first_layer_gives_input_gradients_again_after_fit():
+    """fit skips dL/dx of the first layer (nobody needs it), but only inside the training step."""
+    rng = np.random.default_rng(77)
+    from minicnn.layers import Conv2D, Dense, Flatten
+    from minicnn.models import Sequential
+
+    model = Sequential([Conv2D(2, 3, input_shape=(6, 6, 1)), Flatten(), Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(rng.standard_normal((8, 6, 6, 1)), rng.integers(0, 3, 8), epochs=1, verbose=0)
+    conv = model.layers[0]
+    y = conv(rng.standard_normal((2, 6, 6, 1)))
+    dx = conv.backward(np.ones_like(y))
+    assert dx is not None and dx.shape == (2, 6, 6, 1)

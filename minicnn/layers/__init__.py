@@ -1,11 +1,37 @@
 """Layers: thin stateful classes over ``minicnn.kernels`` (see ``base.Layer`` for the contract)."""
 
+from .activation_layers import ELU, LeakyReLU
 from .base import Layer
 from .conv import Conv2D
 from .core import Activation, Dense, Dropout, Flatten, Input, InputLayer, ReLU, Softmax
-from .pooling import MaxPool2D, MaxPooling2D
+from .normalization import BatchNormalization
+from .pooling import (
+    AveragePooling2D,
+    AvgPool2D,
+    GlobalAveragePooling2D,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    GlobalMaxPooling2D,
+    MaxPool2D,
+    MaxPooling2D,
+)
+from .preprocessing import (
+    Normalization,
+    RandomContrast,
+    RandomFlip,
+    RandomRotation,
+    RandomTranslation,
+    RandomZoom,
+    Rescaling,
+    Resizing,
+)
+from .reshaping import ZeroPadding2D
 
-_BUILTIN = [Activation, Conv2D, Dense, Dropout, Flatten, InputLayer, MaxPooling2D, ReLU, Softmax]
+_BUILTIN = [
+    Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, ELU, Flatten, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, InputLayer, LeakyReLU, MaxPooling2D, Normalization, RandomContrast, RandomFlip,
+    RandomRotation, RandomTranslation, RandomZoom, ReLU, Rescaling, Resizing, Softmax, ZeroPadding2D,
+]
 _REGISTRY = {cls.__name__: cls for cls in _BUILTIN}
 
 
@@ -31,15 +57,7 @@ def deserialize(data):
     return get(data["class_name"]).from_config(data["config"])
 
 
-__all__ = [
-    "Layer", "Activation", "Conv2D", "Dense", "Dropout", "Flatten", "Input", "InputLayer",
-    "MaxPool2D", "MaxPooling2D", "ReLU", "Softmax", "register", "get", "serialize", "deserialize",
+__all__ = [cls.__name__ for cls in _BUILTIN] + [
+    "Layer", "Input", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
+    "register", "get", "serialize", "deserialize",
 ]
-from .preprocessing import Normalization, RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing  # noqa: E402, I001
-for _cls in (Normalization, RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing): register(_cls)  # noqa: E701
-from .activation_layers import ELU, LeakyReLU  # noqa: E402, I001
-from .normalization import BatchNormalization  # noqa: E402
-from .pooling import AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D, GlobalMaxPool2D, GlobalMaxPooling2D  # noqa: E402
-from .reshaping import ZeroPadding2D  # noqa: E402
-for _cls in (AveragePooling2D, BatchNormalization, ELU, GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU, ZeroPadding2D): register(_cls)  # noqa: E701
-__all__ += ["AveragePooling2D", "AvgPool2D", "BatchNormalization", "ELU", "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "GlobalMaxPooling2D", "LeakyReLU", "ZeroPadding2D"]  # noqa: E501
