@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minicnn import bench  # noqa: E402
+from minicnn import bench  # noqa: E402  (MINICNN_BENCH_THREADS=1 for a one-thread run)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench.json"
 

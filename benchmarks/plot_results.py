@@ -1,10 +1,11 @@
 """Draw ``benchmarks/results.png`` from the JSON the benchmark scripts write.
 
-    python benchmarks/plot_results.py [benchmarks/results/bench.json] [--out benchmarks/results.png]
+    python benchmarks/plot_results.py [benchmarks/results/bench.json] [--control benchmarks/results/bench_1thread.json]
 
 Three panels: training and inference speed of minicnn relative to PyTorch (bars, with the
-absolute images/s written on them), peak memory of the training runs, and the convolution
-kernels' GFLOP/s against NumPy's fp32 GEMM ceiling.
+absolute images/s written on them; diamonds: the same ratio in the one-thread control run),
+peak memory of the training runs, and the convolution kernels' GFLOP/s against NumPy's fp32
+GEMM ceiling.
 """
 
 import argparse
@@ -27,9 +28,10 @@ def _label(row):
     return f"{name}\nbatch {row['batch']}{extra}"
 
 
-def plot_speed(ax, rows):
+def plot_speed(ax, rows, control=None):
     """Throughput ratio minicnn / PyTorch per case; >1 means minicnn is faster."""
     rows = [r for r in rows if "torch" in r]
+    control = [r for r in control or [] if "torch" in r]
     groups = [("train", "training step"), ("infer", "inference")]
     labels = []
     for r in rows:
@@ -47,16 +49,21 @@ def plot_speed(ax, rows):
             ratios.append(r["speedup"])
             texts.append(f"{r['minicnn']['images_per_s']:,.0f}\nvs {r['torch']['images_per_s']:,.0f}")
             pos.append(x[j] + (i - 0.5) * width)
-        bars = ax.bar(pos, ratios, width, label=title, color=["#1f77b4", "#66aadd"][i])
+        bars = ax.bar(pos, ratios, width, label=f"{title}, {rows[0].get('threads', 2)} threads", color=["#1f77b4", "#66aadd"][i])
         for bar, text in zip(bars, texts):
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=8, xytext=(0, 2), textcoords="offset points")
+        marks = [(x[j] + (i - 0.5) * width, r["speedup"]) for j, label in enumerate(labels)
+                 for r in control if r["mode"] == mode and _label(r) == label]
+        if marks:
+            ax.plot(*zip(*marks), "D", color="black", markersize=6,
+                    label="same, 1 thread each (control)" if i == 0 else None)
     ax.axhline(1.0, color="black", lw=1, ls="--")
     ax.text(x[-1] + 0.6, 1.0, "PyTorch", va="bottom", ha="right", fontsize=9)
     ax.set_xticks(x, labels, fontsize=9)
     ax.set_ylabel("speed relative to PyTorch (x)")
     ax.set_title("minicnn vs PyTorch, same threads, interleaved\n(labels: images/s, minicnn vs PyTorch)", fontsize=10)
-    ax.set_ylim(0, max(max(r["speedup"] for r in rows) * 1.35, 1.5))
+    ax.set_ylim(0, max(max(r["speedup"] for r in rows + control) * 1.35, 1.5))
     ax.legend(loc="upper left", fontsize=9)
 
 
@@ -106,20 +113,25 @@ def plot_kernels(ax, kernels):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="?", default=str(HERE / "results" / "bench.json"))
+    parser.add_argument("--control", default=None, help="a one-thread run's JSON, drawn as diamonds")
     parser.add_argument("--out", default=str(HERE / "results.png"))
     args = parser.parse_args(argv)
     data = json.loads(Path(args.json).read_text())
+    control = json.loads(Path(args.control).read_text()).get("training") if args.control else None
     fig = plt.figure(figsize=(13, 9.5), constrained_layout=True)
     grid = fig.add_gridspec(2, 2, width_ratios=[1.6, 1])
     if data.get("training"):
-        plot_speed(fig.add_subplot(grid[0, 0]), data["training"])
+        plot_speed(fig.add_subplot(grid[0, 0]), data["training"], control)
         plot_memory(fig.add_subplot(grid[0, 1]), data["training"])
     if data.get("kernels"):
         plot_kernels(fig.add_subplot(grid[1, :]), data["kernels"])
     m = data.get("machine", {})
     v = m.get("versions", {})
+    loads = [r.get("loadavg_1min") for r in data.get("training", [])] + [data.get("kernels", {}).get("loadavg_1min")]
+    loads = [f for f in loads if f is not None]
+    busy = f"; other processes: load average {min(loads):.1f} to {max(loads):.1f} on {m.get('cores', '?')} cores" if loads else ""
     fig.suptitle(f"minicnn {v.get('minicnn', '?')} vs PyTorch {v.get('torch', '-')} on {m.get('cpu', '?')}, "
-                 f"{m.get('threads', '?')} threads each ({m.get('date', '')})", fontsize=12)
+                 f"{m.get('threads', '?')} threads each ({m.get('date', '')}{busy})", fontsize=12)
     fig.savefig(args.out, dpi=110)
     print(f"written to {args.out}")
 

@@ -14,7 +14,9 @@ How it measures, and why
   ``OMP_WAIT_POLICY=PASSIVE`` for itself; torch's workers get nothing extra).
 - The parent interleaves: round after round, each worker times a few repetitions of its case in
   turn, so that a noisy neighbour slows every library alike. We report medians over all
-  repetitions of all rounds.
+  repetitions of all rounds. Before each turn the parent waits ``SETTLE_S``: the idle threads
+  of the worker that ran before (OpenBLAS's, OpenMP's) spin for a while after their last call
+  and would otherwise take a core from the next one.
 - Peak memory is a worker's peak resident size (``VmHWM``; ``ru_maxrss`` where there is no
   ``/proc``), and each training case has a worker of its own.
 - Inputs are random numbers of the right shape, the same for both libraries (same seed).
@@ -350,13 +352,23 @@ class Worker:
                 self.proc.kill()
 
 
-def interleave(workers_and_cases, rounds, reps, log=None):
-    """Time ``(worker, case)`` pairs in turn, ``rounds`` times ``reps`` calls; returns lists of seconds."""
+#: pause before each burst of calls: the previous worker's idle threads stop spinning meanwhile
+#: (OpenBLAS's spin about 0.1 s after a call, OpenMP's a few ms) and leave the cores to the next
+SETTLE_S = 0.2
+
+
+def interleave(workers_and_cases, rounds, reps, log=None, settle=SETTLE_S):
+    """Time ``(worker, case)`` pairs in turn, ``rounds`` times ``reps`` calls; returns lists of seconds.
+
+    ``settle``: the pause before each turn (0.2 s when a worker uses multi-threaded OpenBLAS,
+    whose idle threads spin 0.1 s; the training workers need only OpenMP's few ms).
+    """
     times = {key: [] for key in workers_and_cases}
     for r in range(rounds):
         order = list(workers_and_cases) if r % 2 == 0 else list(reversed(list(workers_and_cases)))
         for key in order:
             worker, case = workers_and_cases[key]
+            time.sleep(settle)
             times[key] += worker.ask(cmd="time", case=case, reps=reps)["times"]
         if log:
             log(f"  round {r + 1}/{rounds}")
@@ -420,7 +432,33 @@ def run_kernels(quick=False, rounds=None, reps=None, log=print):
             ms = median_ms(times[(lib, case["name"])])
             row[lib] = {"ms": ms, "gflops": case["flops"] / (ms * 1e-3) / 1e9 if case["flops"] else None}
         results["cases"].append(row)
+    if not quick:
+        log("timing the convolutions back to back, one library at a time")
+        results["back_to_back"] = run_back_to_back([c for c in cases if c["op"].startswith("conv")], log=log)
     return results
+
+
+def run_back_to_back(cases, reps=40, log=print):
+    """Median ms of each case called ``reps`` times in a row after 20 untimed calls, one library
+    (Numba, torch) at a time in its own worker, with nothing in between.
+
+    The interleaved timing pauses before every turn; on the machine of RESULTS.md a core left
+    idle that long came back slowly, so short kernels timed right after a pause ran on one core.
+    Back to back is how a training loop calls them.
+    """
+    out = {}
+    for lib in ["numba"] + (["torch"] if torch_available() else []):
+        worker = Worker(f"{lib} back to back")
+        try:
+            worker.ask(cmd="kernels", lib=lib, cases=cases)
+            for case in cases:
+                n = 4 if "224" in case["name"] else reps
+                worker.ask(cmd="time", case=case["name"], reps=min(n, 20))
+                ms = median_ms(worker.ask(cmd="time", case=case["name"], reps=n)["times"])
+                out.setdefault(case["name"], {})[lib] = {"ms": ms, "gflops": case["flops"] / (ms * 1e-3) / 1e9}
+        finally:
+            worker.close()
+    return out
 
 
 def run_training(configs, rounds=5, reps=None, glibc=False, log=print):
@@ -445,8 +483,10 @@ def run_training(configs, rounds=5, reps=None, glibc=False, log=print):
                 for lib in libs:
                     workers[lib] = Worker(f"{lib} {label}", env)
                     first[lib] = workers[lib].ask(cmd="model", lib=lib, model=model, batch=batch, mode=mode)["first_call_s"]
-                n = reps or (2 if model == "blog" else 10)
-                times = interleave({lib: (w, None) for lib, w in workers.items()}, rounds, n)
+                n = reps or (2 if model == "blog" else 20)
+                # bursts of 20 steps: on the machine of RESULTS.md a core left idle comes back
+                # slowly, which short bursts after every pause would mostly measure
+                times = interleave({lib: (w, None) for lib, w in workers.items()}, rounds, n, settle=0.02)
                 rss = {lib: w.ask(cmd="rss")["maxrss_mb"] for lib, w in workers.items()}
             finally:
                 for w in workers.values():
@@ -659,6 +699,13 @@ def kernel_table(results):
         ratio = f"{row['torch']['ms'] / row['numba']['ms']:.2f}x" if "torch" in row else ""
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {gf:.0f} | {pct} | {ratio} |" if gf else
                      f"| {row['name']} | " + " | ".join(cells) + f" |  |  | {ratio} |")
+    if results.get("back_to_back"):
+        lines += ["", "Back to back (each case called repeatedly, one library at a time):", "",
+                  "| kernel | numba ms | numba GFLOP/s | % of ceiling | torch ms | torch / numba |", "|---|---:|---:|---:|---:|---:|"]
+        for name, r in results["back_to_back"].items():
+            n, t = r["numba"], r.get("torch")
+            lines.append(f"| {name} | {n['ms']:.3f} | {n['gflops']:.0f} | {100 * n['gflops'] / ceiling:.0f}% | "
+                         + (f"{t['ms']:.3f} | {t['ms'] / n['ms']:.2f}x |" if t else " |  |"))
     return "\n".join(lines)
 
 

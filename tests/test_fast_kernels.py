@@ -229,6 +229,19 @@ def test_new_kernels_do_not_depend_on_thread_count(restore_threads):
         assert np.array_equal(a, b_), f"result {i} differs between 1 and 2 threads"
 
 
+def test_an_error_in_one_lane_reaches_the_caller_and_the_lanes_keep_working(restore_threads):
+    numba_cpu.set_num_threads(numba_cpu.MAX_LANES)
+
+    def part(k):
+        if k == numba_cpu.PARTS - 1:
+            raise ValueError(f"part {k} failed")
+        return k
+
+    with pytest.raises(ValueError, match="failed"):
+        numba_cpu._LANES.run(part, numba_cpu.PARTS, work=10**9)
+    assert numba_cpu._LANES.run(lambda k: 2 * k, numba_cpu.PARTS, work=10**9) == [2 * k for k in range(numba_cpu.PARTS)]
+
+
 # ----------------------------------------------------------------------------------------- buffer reuse
 def test_arrays_a_caller_keeps_are_never_reused():
     rng = np.random.default_rng(6)
