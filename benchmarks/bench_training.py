@@ -3,7 +3,8 @@
 For the small Fashion-MNIST CNN (batch 32 and 128) and the blog's 224x224x3 model (batch 32):
 images per second of a training step (forward, backward, Adam) and of inference, peak memory
 (each case in a process of its own), the blog model's step again with glibc's malloc thresholds
-raised for both libraries, the start-up cost (``import minicnn`` and the first step with a cold
+raised for both libraries, the small CNN's step in steady state (each library alone, steps back
+to back on Fashion-MNIST minibatches), the start-up cost (``import minicnn`` and the first step with a cold
 and a warm Numba cache), and a 5-epoch Fashion-MNIST run of both libraries from the same initial
 weights for the test accuracy::
 
@@ -46,6 +47,11 @@ def main(argv=None):
     print(bench.training_table(rows))
     data["training"] = rows
     bench.save_json(args.out, data)
+
+    if not args.quick:
+        print("\nsteady state: the small CNN, each library alone, steps back to back on Fashion-MNIST minibatches")
+        data["steady"] = bench.run_steady()
+        bench.save_json(args.out, data)
 
     if not (args.quick or args.skip_startup):
         print("\nstart-up: import minicnn, build the small CNN, first training step, then a small fit")

@@ -3,9 +3,10 @@
     python benchmarks/plot_results.py [benchmarks/results/bench.json] [--control benchmarks/results/bench_1thread.json]
 
 Three panels: training and inference speed of minicnn relative to PyTorch (bars, with the
-absolute images/s written on them; diamonds: the same ratio in the one-thread control run),
+absolute images/s written on them; diamonds: the same ratio in the one-thread control run;
+triangles: the small CNN's training step in steady state),
 peak memory of the training runs, and the convolution kernels' GFLOP/s against NumPy's fp32
-GEMM ceiling.
+GEMM ceiling (bars: interleaved, each call after a pause; dots: called back to back).
 """
 
 import argparse
@@ -28,10 +29,11 @@ def _label(row):
     return f"{name}\nbatch {row['batch']}{extra}"
 
 
-def plot_speed(ax, rows, control=None):
+def plot_speed(ax, rows, control=None, steady=None):
     """Throughput ratio minicnn / PyTorch per case; >1 means minicnn is faster."""
     rows = [r for r in rows if "torch" in r]
     control = [r for r in control or [] if "torch" in r]
+    steady = [r for r in steady or [] if "torch" in r]
     groups = [("train", "training step"), ("infer", "inference")]
     labels = []
     for r in rows:
@@ -58,12 +60,17 @@ def plot_speed(ax, rows, control=None):
         if marks:
             ax.plot(*zip(*marks), "D", color="black", markersize=6,
                     label="same, 1 thread each (control)" if i == 0 else None)
+        marks = [(x[j] + (i - 0.5) * width, r["speedup"]) for j, label in enumerate(labels) for r in steady
+                 if mode == "train" and label == _label({"model": "small", "batch": r["batch"]})]
+        if marks:
+            ax.plot(*zip(*marks), "v", color="#d62728", markersize=9,
+                    label="training, steady state: each library alone, steps back to back")
     ax.axhline(1.0, color="black", lw=1, ls="--")
     ax.text(x[-1] + 0.6, 1.0, "PyTorch", va="bottom", ha="right", fontsize=9)
     ax.set_xticks(x, labels, fontsize=9)
     ax.set_ylabel("speed relative to PyTorch (x)")
     ax.set_title("minicnn vs PyTorch, same threads, interleaved\n(labels: images/s, minicnn vs PyTorch)", fontsize=10)
-    ax.set_ylim(0, max(max(r["speedup"] for r in rows + control) * 1.35, 1.5))
+    ax.set_ylim(0, max(max(r["speedup"] for r in rows + control + steady) * 1.35, 1.5))
     ax.legend(loc="upper left", fontsize=9)
 
 
@@ -95,9 +102,15 @@ def plot_kernels(ax, kernels):
     width = 0.8 / len(libs)
     names = {"reference": "minicnn reference", "numba": "minicnn Numba", "torch": "PyTorch"}
     colors = {"reference": "#bbbbbb", "numba": "#1f77b4", "torch": "#ee7733"}
+    back = kernels.get("back_to_back", {})
     for i, lib in enumerate(libs):
         values = [c[lib]["gflops"] if lib in c else 0 for c in cases]
-        ax.bar(x + (i - (len(libs) - 1) / 2) * width, values, width, label=names[lib], color=colors[lib])
+        pos = x + (i - (len(libs) - 1) / 2) * width
+        ax.bar(pos, values, width, label=f"{names[lib]}, interleaved", color=colors[lib])
+        marks = [(p, back[c["name"]][lib]["gflops"]) for p, c in zip(pos, cases) if lib in back.get(c["name"], {})]
+        if marks:
+            ax.plot(*zip(*marks), "o", color=colors[lib], markeredgecolor="black", markersize=8,
+                    label=f"{names[lib]}, back to back")
     ceiling = kernels["gemm_ceiling_gflops"]
     ax.axhline(ceiling, color="black", lw=1, ls="--")
     ax.axhline(ceiling / 2, color="black", lw=0.8, ls=":")
@@ -107,7 +120,8 @@ def plot_kernels(ax, kernels):
     ax.set_ylabel("GFLOP/s (float32)")
     ax.set_title("3x3 convolution kernels, batch 32 (input HxWxC->filters)", fontsize=10)
     ax.legend(loc="upper left", fontsize=9, ncol=3)
-    ax.set_ylim(0, ceiling * 1.3)
+    top = max([ceiling] + [v[lib]["gflops"] for v in back.values() for lib in v] + [c[lib]["gflops"] for c in cases for lib in libs if lib in c])
+    ax.set_ylim(0, top * 1.35)
 
 
 def main(argv=None):
@@ -121,7 +135,7 @@ def main(argv=None):
     fig = plt.figure(figsize=(13, 9.5), constrained_layout=True)
     grid = fig.add_gridspec(2, 2, width_ratios=[1.6, 1])
     if data.get("training"):
-        plot_speed(fig.add_subplot(grid[0, 0]), data["training"], control)
+        plot_speed(fig.add_subplot(grid[0, 0]), data["training"], control, data.get("steady"))
         plot_memory(fig.add_subplot(grid[0, 1]), data["training"])
     if data.get("kernels"):
         plot_kernels(fig.add_subplot(grid[1, :]), data["kernels"])

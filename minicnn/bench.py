@@ -505,6 +505,68 @@ def run_training(configs, rounds=5, reps=None, glibc=False, log=print):
     return out
 
 
+_STEADY_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+lib, bs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+from minicnn.bench import THREADS, build_minicnn, build_torch, load_fashion_mnist
+(x, y), _ = load_fashion_mnist()
+x = (x[..., None] / np.float32(255)).astype(np.float32); y = y.astype(np.int64)
+rng = np.random.default_rng(1)
+batches = [rng.integers(0, len(x), bs) for _ in range(steps + 10)]
+if lib == "minicnn":
+    net = build_minicnn("small")
+    def step(idx):
+        net.train_on_batch(x[idx], y[idx])
+else:
+    import torch
+    torch.set_num_threads(THREADS)
+    X, Y = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
+    net = build_torch(torch, "small")
+    opt, loss_fn = torch.optim.Adam(net.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss()
+    def step(idx):
+        idx = torch.from_numpy(idx)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(X[idx]), Y[idx]).backward()
+        opt.step()
+for idx in batches[:10]:
+    step(idx)
+times = []
+for idx in batches[10:]:
+    t0 = time.perf_counter(); step(idx); times.append(time.perf_counter() - t0)
+print(json.dumps(times))
+"""
+
+
+def run_steady(configs=((32, 400), (128, 150)), repeats=3, log=print):
+    """The small CNN's training step in steady state: each library alone in a fresh process,
+    ``steps`` steps in a row on random Fashion-MNIST minibatches; the libraries take turns
+    ``repeats`` times. Median ms of all steps, per batch size.
+
+    No pauses and no other process between the steps: this is how ``fit`` calls them, and it
+    is the fairer figure for a library whose threads start slowly after a pause.
+    """
+    libs = ["minicnn"] + (["torch"] if torch_available() else [])
+    out = []
+    for bs, steps in configs:
+        times = {lib: [] for lib in libs}
+        for _ in range(repeats):
+            for lib in libs:
+                proc = subprocess.run([sys.executable, "-c", _STEADY_SCRIPT, lib, str(bs), str(steps)], capture_output=True,
+                                      text=True, env=_thread_env(), check=True)
+                times[lib] += json.loads(proc.stdout.strip().splitlines()[-1])
+        row = {"batch": bs, "steps": steps * repeats, "loadavg_1min": _loadavg()}
+        for lib in libs:
+            ms = median_ms(times[lib])
+            row[lib] = {"ms": ms, "images_per_s": bs / (ms * 1e-3)}
+        if "torch" in row:
+            row["speedup"] = row["torch"]["ms"] / row["minicnn"]["ms"]
+        log(f"  batch {bs}: minicnn {row['minicnn']['ms']:.2f} ms" +
+            (f", torch {row['torch']['ms']:.2f} ms, ratio {row['speedup']:.2f}x" if "torch" in row else ""))
+        out.append(row)
+    return out
+
+
 _STARTUP_SCRIPT = r"""
 import json, sys, time
 t0 = time.perf_counter()
