@@ -28,6 +28,13 @@ CASES = [
     (2, 5, 5, 3, 1, 1, 4, (1, 1), "valid"),
     (6, 20, 19, 1, 3, 3, 8, (1, 1), "valid"),
     (6, 20, 19, 3, 3, 3, 8, (1, 1), "same"),
+    # multiples of 32 filters go to the register tiles (numba_tiles); with 32 channels the
+    # input gradient too (stride 1), otherwise it goes through col2im
+    (2, 7, 6, 3, 3, 3, 32, (1, 1), "valid"),
+    (2, 6, 7, 32, 3, 3, 32, (1, 1), "same"),
+    (3, 9, 8, 32, 3, 3, 64, (2, 2), "same"),
+    (2, 5, 5, 32, 1, 1, 32, (1, 1), "valid"),
+    (2, 8, 7, 64, 2, 3, 32, (1, 2), "same"),
 ]
 
 
@@ -132,6 +139,63 @@ def test_backward_reuses_the_forward_im2col_matrix_only_for_the_same_input():
         assert_close(name, a, e, np.float32)
 
 
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 1), (2, 3)])
+@pytest.mark.parametrize("mode", ["valid", "same"])
+def test_tiled_conv_with_dilation_matches_reference(mode, dilation):
+    rng = np.random.default_rng(11)
+    N, H, W, C, F, k = 2, 11, 12, 32, 32, (3, 2)
+    kw = dict(strides=(1, 1), padding=conv_padding(mode, (H, W), k, (1, 1), dilation), dilation=dilation)
+    x, w, b = rng.standard_normal((N, H, W, C)), rng.standard_normal((*k, C, F)), rng.standard_normal(F)
+    y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
+    assert_close("y", numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw), y, np.float64)
+    dy = rng.standard_normal(y.shape)
+    expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
+    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
+        assert_close(name, a, e, np.float64)
+    assert_close("dx alone", numba_cpu.conv2d_backward_input(dy, w, x.shape, **kw),
+                 reference.conv2d_backward_input(dy, w, x.shape, **kw), np.float64)
+    for name, a, e in zip(("dw alone", "db alone"), numba_cpu.conv2d_backward_weights(x, dy, k, **kw),
+                          reference.conv2d_backward_weights(x, dy, k, **kw)):
+        assert_close(name, a, e, np.float64)
+
+
+@pytest.mark.parametrize("case", [(30, 13, 13, 32, 3, 3, 32, (1, 1), "valid"), (1, 52, 52, 3, 3, 3, 32, (1, 1), "same")],
+                         ids=["many small images per chunk", "rows of one big image per chunk"])
+def test_tiled_kernel_gradient_over_chunk_boundaries(case):
+    # numba_tiles.weight_grad sums CHUNK_PIXELS output pixels per pass: several images, or a
+    # few rows of one; both cases cross a chunk boundary here
+    from minicnn.kernels import numba_tiles
+
+    N, H, W = case[:3]
+    assert N * H * W > numba_tiles.CHUNK_PIXELS
+    rng = np.random.default_rng(12)
+    x, w, b, dy, kw = make(case, rng)
+    for name, a, e in zip(("dw", "db"), numba_cpu.conv2d_backward_weights(x, dy, w.shape[:2], **kw),
+                          reference.conv2d_backward_weights(x, dy, w.shape[:2], **kw)):
+        assert_close(name, a, e, np.float64)
+
+
+def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypatch):
+    rng = np.random.default_rng(13)
+    calls = []
+    tiled = numba_cpu._conv2d_forward_tiled
+    monkeypatch.setattr(numba_cpu, "_conv2d_forward_tiled", lambda *a: calls.append(a) or tiled(*a))
+    x, w, b, dy, kw = make((3, 6, 7, 32, 3, 3, 16, (1, 1), "same"), rng, np.float32)
+    numba_cpu.conv2d_forward(x, w, b, **kw)
+    assert not calls   # 16 filters: im2col + BLAS
+    x, w, b, dy, kw = make((3, 6, 7, 32, 3, 3, 32, (1, 1), "same"), rng, np.float32)
+    workspace = {}
+    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
+    assert len(calls) == 1
+    assert workspace["x"] is x and workspace["xp"].shape == (3, 8, 9, 32)   # x with its 'same' padding
+    np.testing.assert_array_equal(workspace["xp"][:, 1:-1, 1:-1], x)
+    for other in (x, x + 1):   # the kept padded input serves only the same x
+        expected = reference.conv2d_backward(dy, other, w, relu_output=y, **kw)
+        got = numba_cpu.conv2d_backward(dy, other, w, relu_output=y, workspace=workspace, **kw)
+        for name, a, e in zip(("dx", "dw", "db"), got, expected):
+            assert_close(name, a, e, np.float32)
+
+
 def test_bad_activation_and_relu_output_shapes_raise():
     x, w = np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 2))
     for m in BACKENDS.values():
@@ -213,6 +277,7 @@ def restore_threads():
 def test_new_kernels_do_not_depend_on_thread_count(restore_threads):
     rng = np.random.default_rng(5)
     x, w, b, dy, kw = make((6, 20, 19, 3, 3, 3, 8, (1, 1), "same"), rng, np.float32)
+    tx, tw, tb, tdy, tkw = make((6, 13, 12, 32, 3, 3, 64, (1, 1), "same"), rng, np.float32)   # register tiles
     xd, wd = rng.standard_normal((32, 3000)).astype(np.float32), rng.standard_normal((3000, 16)).astype(np.float32)
     dyd = rng.standard_normal((32, 16)).astype(np.float32)
     results = []
@@ -220,6 +285,8 @@ def test_new_kernels_do_not_depend_on_thread_count(restore_threads):
         numba_cpu.set_num_threads(threads)
         y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
         out = [y.copy(), *(a.copy() for a in numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw))]
+        ty = numba_cpu.conv2d_forward(tx, tw, tb, activation="relu", **tkw)
+        out += [ty.copy(), *(a.copy() for a in numba_cpu.conv2d_backward(tdy, tx, tw, relu_output=ty, **tkw))]
         yd = numba_cpu.dense_forward(xd, wd, None, "relu")
         out += [yd.copy(), *(a.copy() for a in numba_cpu.dense_backward(dyd, xd, wd, yd))]
         p = [a.copy() for a in (wd, wd * 0, wd * 0)]

@@ -1,0 +1,242 @@
+"""Register-tiled convolution loops: the Numba backend's fast path for 32, 64, ... filters.
+
+``numba_cpu`` turns a convolution into im2col + one BLAS product, which wastes time twice at
+the shapes of small CNNs: building the im2col matrix costs as much as the product, and
+OpenBLAS runs products with only 32 or 64 columns (or 27 rows, for RGB input) far below
+its peak. The loops here skip the matrix and compute the convolution directly, a small
+block of the output at a time, with the whole block held in CPU registers:
+
+- :func:`conv_pixels` (forward, and the input gradient of a stride-1 convolution): a tile
+  is ``JB`` neighbouring output pixels x ``FB`` filters; for every tap ``(u, v, c)`` of the
+  kernel it loads ``JB`` input values and one row of ``FB`` weights and does ``JB * FB``
+  multiply-adds. With ``JB = 6``, ``FB = 32`` that is 12 AVX-512 registers of float32 sums,
+  8 loads for 12 fused multiply-adds.
+- :func:`weight_grad`: a tile is ``KB`` taps x ``FB`` filters of the kernel gradient,
+  summed over every output pixel of a few image rows.
+
+The tile lives in a small array on the stack (:func:`_stack_array`): nothing else can point
+into it, so LLVM keeps it in registers for the whole loop over taps or pixels. (A NumPy
+array made with ``np.empty`` lives on the heap, and LLVM reloads and stores it at every
+step: four times slower, measured.) The innermost loop runs over the ``FB`` filters, which
+LLVM turns into vector instructions because ``FB`` is a constant.
+
+Measured on one core of the AVX-512 machine of ``benchmarks/RESULTS.md``: 170-190 GFLOP/s
+for 32 images of 13x13x32 -> 64 filters (im2col + OpenBLAS: about 80), 85 GFLOP/s for
+224x224x3 -> 32 forward and 140 for its kernel gradient.
+
+Sums are taken in a fixed order (taps in ``(u, v, c)`` order for an output; pixels in row
+order for a kernel gradient), so results do not depend on the thread count. ``fastmath``
+allows only ``contract``: a multiply and an add may become one fused multiply-add (one
+rounding instead of two); nothing is reordered and NaN and inf behave as usual.
+"""
+
+import numpy as np
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .numba_cpu import _CACHE_OK  # numba_cpu imports this module once it has set up the cache
+
+FB = 32  # filters per tile: two AVX-512 registers (four AVX2 ones) of float32
+JB = 6  # output pixels per forward tile: JB * FB / 16 = 12 registers of sums
+KB = 9  # kernel taps per weight-gradient tile: 18 registers of sums (a 3x3 kernel row of RGB)
+CHUNK_PIXELS = 2048  # weight_grad sums this many output pixels (image rows) per pass over the taps
+
+
+def fits(n_filters):
+    """True if the tiles cover ``n_filters`` exactly (a multiple of ``FB``)."""
+    return n_filters > 0 and n_filters % FB == 0
+
+
+def _stack_array(size):
+    """A jitted ``f(dtype)`` returning a pointer to ``size`` uninitialised values on the stack.
+
+    Wrap it with ``numba.carray`` to index it. Numba has no stack arrays for the CPU (only
+    ``cuda.local.array``), so this allocates one (an LLVM ``alloca``) with an intrinsic.
+    """
+
+    @intrinsic
+    def stack(typingctx, dtype):
+        def codegen(context, builder, signature, args):
+            value_type = context.get_value_type(dtype.dtype)
+            return cgutils.alloca_once(builder, value_type, size=context.get_constant(types.intp, size))
+
+        return types.CPointer(dtype.dtype)(dtype), codegen
+
+    return stack
+
+
+_tile_of_outputs = _stack_array(JB * FB)
+_tile_of_inputs = _stack_array(JB)
+_pixel_corners = _stack_array(JB)
+_tile_of_taps = _stack_array(KB * FB)
+_tap_offsets = _stack_array(KB)
+
+TILE_OPTIONS = dict(cache=_CACHE_OK, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
+
+
+def pack(w2d):
+    """``(K, F)`` kernel matrix -> ``(F // FB, K, FB)``: each tile's weights contiguous."""
+    K, F = w2d.shape
+    return np.ascontiguousarray(w2d.reshape(K, F // FB, FB).transpose(1, 0, 2))
+
+
+def tap_offsets(kernel_hw, dilation, padded_width, channels):
+    """Offset of tap ``(u, v, c)`` from a window's corner in a flattened ``(HP, WP, C)`` image."""
+    (KH, KW), (DH, DW) = kernel_hw, dilation
+    u, v, c = np.meshgrid(np.arange(KH), np.arange(KW), np.arange(channels), indexing="ij")
+    return ((DH * u * padded_width + DW * v) * channels + c).reshape(-1).astype(np.int64)
+
+
+@njit(**TILE_OPTIONS)
+def conv_pixels(xf, wp, bp, koff, g, y2, t0, t1, relu):
+    """Output pixels ``t0 <= t < t1`` (``t = (n*OH + i)*OW + j``) of a convolution of padded input.
+
+    xf   : (N*HP*WP*C,), the input with its padding added, flattened
+    wp   : (F // FB, K, FB), the kernel packed by :func:`pack`, K = KH*KW*C
+    bp   : (F // FB, FB), the bias
+    koff : (K,), from :func:`tap_offsets`
+    g    : (OH, OW, SH, SW, HP*WP*C, WP*C, C)
+    y2   : (N*OH*OW, F), written: ``y[n, i, j, f] = b[f] + sum_{u,v,c} w[u,v,c,f] *
+           xp[n, SH*i + DH*u, SW*j + DW*v, c]``, then ``max(y, 0)`` if ``relu``.
+
+    A tile is JB pixels in a row of ``y2``; it may run on into the next image row or image.
+    """
+    OH, OW, SH, SW, IMAGE, WPC, C = g
+    F = y2.shape[1]
+    K = koff.shape[0]
+    acc = carray(_tile_of_outputs(xf.dtype), (JB, FB))
+    xs = carray(_tile_of_inputs(xf.dtype), (JB,))
+    corner = carray(_pixel_corners(np.uint64), (JB,))  # where each pixel's window starts in xf
+    zero = xf.dtype.type(0)
+    for fb in range(F // FB):
+        n = t0 // (OH * OW)
+        i = (t0 - n * OH * OW) // OW
+        j = t0 - (n * OH + i) * OW
+        for s in range(t0, t1, JB):
+            for jj in range(JB):
+                corner[jj] = np.uint64(n * IMAGE + SH * i * WPC + SW * j * C)
+                if s + jj + 1 < t1:  # step to the next pixel; a last, short tile repeats its last one
+                    j += 1
+                    if j == OW:
+                        j = 0
+                        i += 1
+                        if i == OH:
+                            i = 0
+                            n += 1
+                for f in range(FB):
+                    acc[jj, f] = bp[fb, f]
+            for k in range(K):
+                offset = np.uint64(koff[k])  # unsigned indices: no test for negative ones
+                for jj in range(JB):
+                    xs[jj] = xf[corner[jj] + offset]
+                for f in range(FB):  # vectorised: FB filters side by side
+                    wf = wp[fb, k, f]
+                    for jj in range(JB):
+                        acc[jj, f] += xs[jj] * wf
+            for jj in range(min(JB, t1 - s)):
+                for f in range(FB):
+                    a = acc[jj, f]
+                    y2[s + jj, fb * FB + f] = zero if relu and a < zero else a  # NaN stays NaN
+
+
+@njit(**TILE_OPTIONS)
+def weight_grad(xp, koff, dz, top, left, g, n0, n1, dw):
+    """Add the kernel gradient of the images ``n0:n1`` into ``dw``.
+
+    xp   : (N, HP*WP*C), the padded forward input, each image flattened
+    koff : (K,), from :func:`tap_offsets`, K = KH*KW*C
+    dz   : (N, ., ., F); the output gradient ``dz[n, i, j]`` is read at ``dz[n, top + i, left + j]``
+    g    : (SH, SW, WP*C, C, OH, OW)
+    dw   : (K, F), ``dw[k, f] += sum_{n, i, j} xp[n, SH*i, SW*j][k] * dz[n, i, j, f]``
+
+    The output rows ``n*OH + i`` are taken ``CHUNK_PIXELS`` pixels at a time (several small
+    images, or a few rows of a big one), so that the chunk of ``dz`` stays in cache while
+    every tile of taps passes over it, and a tile is written out once per chunk.
+    """
+    SH, SW, WPC, C, OH, OW = g
+    F = dz.shape[3]
+    K = koff.shape[0]
+    acc = carray(_tile_of_taps(xp.dtype), (KB, FB))
+    xo = carray(_tap_offsets(np.uint64), (KB,))  # unsigned: no test for negative indices
+    per_image = OH * OW
+    images = max(1, CHUNK_PIXELS // per_image)  # whole images per chunk, or
+    rows = OH if images > 1 else max(1, CHUNK_PIXELS // OW)  # rows of one image per chunk
+    for m0 in range(n0, n1, images):
+        m1 = min(n1, m0 + images)
+        for i0 in range(0, OH, rows):
+            i1 = min(OH, i0 + rows)
+            for fb in range(F // FB):
+                f0 = fb * FB
+                for k0 in range(0, K, KB):
+                    kb = min(KB, K - k0)  # the last tile may be narrower: it repeats a tap
+                    for kk in range(KB):
+                        xo[kk] = np.uint64(koff[k0 + min(kk, kb - 1)])
+                    for f in range(FB):
+                        for kk in range(KB):
+                            acc[kk, f] = 0
+                    for n in range(m0, m1):
+                        image = xp[n]
+                        for i in range(i0, i1):
+                            for j in range(OW):
+                                corner = np.uint64(SH * i * WPC + SW * j * C)
+                                for f in range(FB):  # vectorised
+                                    d = dz[n, top + i, left + j, f0 + f]
+                                    for kk in range(KB):
+                                        acc[kk, f] += image[corner + xo[kk]] * d
+                    for kk in range(kb):
+                        for f in range(FB):
+                            dw[k0 + kk, f0 + f] += acc[kk, f]
+
+
+@njit(**TILE_OPTIONS)
+def pad(x, n0, n1, out, top, left):
+    """``out[n] = x[n]`` placed at ``(top, left)`` in zeros, for the images ``n0:n1``."""
+    _, H, W, C = x.shape
+    _, HP, WP, _ = out.shape
+    zero = out.dtype.type(0)
+    for n in range(n0, n1):
+        for p in range(HP):
+            i = p - top
+            for q in range(WP):
+                j = q - left
+                inside = 0 <= i < H and 0 <= j < W
+                for c in range(C):
+                    out[n, p, q, c] = x[n, i, j, c] if inside else zero
+
+
+@njit(**TILE_OPTIONS)
+def relu_grad_pad(dy, y, masked, n0, n1, out, top, left, db):
+    """Like :func:`pad` for ``dz = dy * (y > 0)`` (``dz = dy`` unless ``masked``); ``db += sum dz``.
+
+    db : (F,), the bias gradient: the sum of ``dz`` over the images' pixels, in pixel order.
+    """
+    _, OH, OW, F = dy.shape
+    _, HP, WP, _ = out.shape
+    zero = out.dtype.type(0)
+    for n in range(n0, n1):
+        for p in range(HP):
+            i = p - top
+            for q in range(WP):
+                j = q - left
+                if 0 <= i < OH and 0 <= j < OW:
+                    for f in range(F):
+                        d = dy[n, i, j, f]
+                        if masked and not y[n, i, j, f] > zero:
+                            d = zero
+                        out[n, p, q, f] = d
+                        db[f] += d
+                else:
+                    for f in range(F):
+                        out[n, p, q, f] = zero
+
+
+@njit(**TILE_OPTIONS)
+def column_sums(dz, n0, n1, db):
+    """``db += dz[n0:n1].sum(axis=(0, 1, 2))``, pixel after pixel."""
+    _, OH, OW, F = dz.shape
+    for n in range(n0, n1):
+        for i in range(OH):
+            for j in range(OW):
+                for f in range(F):
+                    db[f] += dz[n, i, j, f]
