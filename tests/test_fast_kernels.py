@@ -28,9 +28,11 @@ CASES = [
     (2, 5, 5, 3, 1, 1, 4, (1, 1), "valid"),
     (6, 20, 19, 1, 3, 3, 8, (1, 1), "valid"),
     (6, 20, 19, 3, 3, 3, 8, (1, 1), "same"),
-    # multiples of 32 filters go to the register tiles (numba_tiles); with 32 channels the
-    # input gradient too (stride 1), otherwise it goes through col2im
+    # multiples of 32 filters go to the register tiles (numba_tiles); the input gradient too
+    # with 32 channels (stride 1), or by a scatter for kernels of at most 32 taps (here 27, 18
+    # and 6 above), otherwise through col2im (36 taps of 4 channels)
     (2, 7, 6, 3, 3, 3, 32, (1, 1), "valid"),
+    (2, 6, 6, 4, 3, 3, 32, (1, 1), "same"),
     (2, 6, 7, 32, 3, 3, 32, (1, 1), "same"),
     (3, 9, 8, 32, 3, 3, 64, (2, 2), "same"),
     (2, 5, 5, 32, 1, 1, 32, (1, 1), "valid"),

@@ -522,14 +522,10 @@ def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0
     check_dy("conv2d_backward_input", dy.shape, x_shape, w.shape, strides, padding, dilation)
     dy = np.ascontiguousarray(dy)
     g = _geometry(w.shape[:2], strides, padding, dilation, x_shape)
-    if _input_grad_tiles_fit(g, padding, x_shape[-1]):
-        N, H, W, C = x_shape
-        KH, KW, _, _, DH, DW, PT, PL = g[:8]
-        dz = _POOL.empty("conv2d.dzp", (N, H + DH * (KH - 1), W + DW * (KW - 1), dy.shape[-1]), dy.dtype)
-        images = _split(N, PARTS)
-        _LANES.run(lambda k: tiles.pad(dy, *images[k], dz, DH * (KH - 1) - PT, DW * (KW - 1) - PL), PARTS, dz.size)
-        return _input_grad_tiled(dz, w, g, x_shape)
-    dx, _, _ = _conv2d_backward(dy, None, w, None, g, tuple(x_shape), need_dx=True, need_dw=False)
+    if _input_grad_route(g, padding, x_shape[-1]) == "col2im":
+        dx, _, _ = _conv2d_backward(dy, None, w, None, g, tuple(x_shape), need_dx=True, need_dw=False)
+    else:
+        dx, _, _ = _conv2d_backward_direct(dy, None, w, None, g, padding, tuple(x_shape), need_dx=True, need_dw=False)
     return dx
 
 
@@ -565,7 +561,8 @@ def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0),
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     g = _geometry((KH, KW), strides, padding, dilation, x.shape)
     if tiles.fits(F):
-        _, dw, db = _conv2d_backward_tiled(dy, None, None, x, _padded(x, padding), g, padding, need_dx=False)
+        _, dw, db = _conv2d_backward_direct(dy, None, None, _padded(x, padding), g, padding, x.shape,
+                                            need_dx=False, need_dw=True)
     else:
         _, dw, db = _conv2d_backward(dy, None, None, x, g, x.shape, need_dx=False, need_dw=True)
     return dw, db
@@ -616,7 +613,8 @@ def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation
     kept = workspace if workspace and workspace.get("x") is x and workspace.get("geometry") == g else {}
     if tiles.fits(w.shape[-1]):
         xp = kept["xp"] if "xp" in kept else _padded(x, padding)
-        return _conv2d_backward_tiled(dy, relu_output, w, x, xp, g, padding, need_dx=input_gradient)
+        return _conv2d_backward_direct(dy, relu_output, w, xp, g, padding, x.shape, need_dx=input_gradient,
+                                       need_dw=True)
     return _conv2d_backward(dy, relu_output, w, x, g, x.shape, need_dx=input_gradient, need_dw=True,
                             kept=kept.get("cols"))
 
@@ -655,29 +653,18 @@ def _conv2d_forward_tiled(x, w, b, g, padding, relu, workspace):
     return y
 
 
-def _input_grad_tiles_fit(g, padding, channels):
-    """True if the input gradient is a stride-1 convolution that the tiles compute (see below)."""
+def _input_grad_route(g, padding, channels):
+    """How :func:`_conv2d_backward_direct` computes dx: 'tiles', 'scatter' or 'col2im'.
+
+    'tiles': a stride-1 convolution with a multiple of 32 channels, whose padding is at most the
+    kernel's span; dx is then a 'valid' convolution of dz, padded, by the flipped kernel.
+    'scatter': a kernel of at most 32 taps (a 3x3 kernel on RGB or grey images), any strides.
+    """
     KH, KW, SH, SW, DH, DW = g[:6]
     (PT, PB), (PL, PR) = padding
-    return (tiles.fits(channels) and SH == SW == 1
-            and max(PT, PB) <= DH * (KH - 1) and max(PL, PR) <= DW * (KW - 1))
-
-
-def _input_grad_tiled(dzp, w, g, x_shape):
-    """dx of a stride-1 convolution from ``dzp``, the output gradient padded by (KH - 1)*DH - PT
-    above (KW - 1)*DW - PL on the left, and to ``H + (KH - 1)*DH`` rows, ``W + (KW - 1)*DW`` columns.
-
-    ``dx[n, p, q, c] = sum_{u, v, f} dzp[n, p + DH*u, q + DW*v, f] * w[KH-1-u, KW-1-v, c, f]``:
-    a 'valid' convolution of ``dzp`` with the kernel flipped and its C and F axes swapped.
-    """
-    KH, KW, C, F = w.shape
-    DH, DW = g[4], g[5]
-    flipped = np.asarray(w, dtype=dzp.dtype)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(KH * KW * F, C)
-    wp = tiles.pack(flipped)
-    no_bias = np.zeros((C // tiles.FB, tiles.FB), dzp.dtype)
-    dx = _POOL.empty("conv2d.dx", tuple(x_shape), dzp.dtype)
-    _conv_pixels(dzp, wp, no_bias, (KH, KW), (1, 1), (DH, DW), dx, False)
-    return dx
+    if tiles.fits(channels) and SH == SW == 1 and max(PT, PB) <= DH * (KH - 1) and max(PL, PR) <= DW * (KW - 1):
+        return "tiles"
+    return "scatter" if tiles.small_kernel((KH, KW), channels) else "col2im"
 
 
 def _conv_pixels(xp, wp, bp, kernel_hw, strides, dilation, y, relu):
@@ -691,51 +678,88 @@ def _conv_pixels(xp, wp, bp, kernel_hw, strides, dilation, y, relu):
     _LANES.run(lambda k: tiles.conv_pixels(xf, wp, bp, koff, g, y2, *pixels[k], relu), PARTS, y.size * len(koff))
 
 
-def _conv2d_backward_tiled(dy, y, w, x, xp, g, padding, need_dx):
-    """``(dx, dw, db)`` of a convolution with ``F`` a multiple of ``tiles.FB``; ``xp`` is x padded.
+def _conv2d_backward_direct(dy, y, w, xp, g, padding, x_shape, need_dx, need_dw):
+    """``(dx, dw, db)`` (None where not needed) without im2col; ``xp`` is x padded (for dw).
 
-    Per part of the images: ``dz = dy * (y > 0)`` (or ``dy``) written once, padded for the input
-    gradient when that is a stride-1 convolution, with db summed on the way; then the kernel
-    gradient tiles read it. The parts' ``[dw; db]`` are added in part order. Other input
-    gradients (strides above 1) go through im2col's col2im with the same ``dz``.
+    dw needs a multiple of 32 filters. Per part of the images, a cache-sized chunk of images
+    at a time: ``dz = dy * (y > 0)`` (when ``y`` is given) is written once, padded when dx is
+    computed by the tiles, with db summed on the way; the kernel gradient tiles read it, and
+    dx of the chunk follows (see :func:`_input_grad_route`) while it is still in cache. So
+    ``dz`` only ever exists for a few images per lane (except on the col2im route). The parts'
+    ``[dw; db]`` are added in part order.
     """
     KH, KW, SH, SW, DH, DW, PT, PL, OH, OW = g
-    N, H, W, C = x.shape
+    N, H, W, C = x_shape
     F, dtype = dy.shape[-1], dy.dtype
     K = KH * KW * C
-    dx_tiled = need_dx and _input_grad_tiles_fit(g, padding, C)
-    if dx_tiled:
+    route = _input_grad_route(g, padding, C) if need_dx else None
+    top, left, dz_hw = 0, 0, (OH, OW)
+    if route == "tiles":  # dx[n, p, q] = sum_{u,v,f} dzp[n, p + DH*u, q + DW*v, f] * w[KH-1-u, KW-1-v, :, f]
         top, left = DH * (KH - 1) - PT, DW * (KW - 1) - PL
-        dz = _POOL.empty("conv2d.dzp", (N, H + DH * (KH - 1), W + DW * (KW - 1), F), dtype)
-    elif y is not None or need_dx:
-        top = left = 0
-        dz = _POOL.empty("conv2d.dz", dy.shape, dtype)
-    else:  # the kernel gradient alone reads dy as it is
-        top = left = 0
-        dz = None
-    koff = tiles.tap_offsets((KH, KW), (DH, DW), xp.shape[2], C)
-    flat = xp.reshape(N, -1)
-    geometry = (SH, SW, xp.shape[2] * C, C, OH, OW)
+        dz_hw = (H + DH * (KH - 1), W + DW * (KW - 1))
+        flipped = tiles.pack(np.asarray(w, dtype=dtype)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(KH * KW * F, C))
+        no_bias = np.zeros((C // tiles.FB, tiles.FB), dtype)
+        dx_taps = tiles.tap_offsets((KH, KW), (DH, DW), dz_hw[1], F)
+        dx_geometry = (H, W, 1, 1, dz_hw[0] * dz_hw[1] * F, dz_hw[1] * F, F)
+    elif route == "scatter":  # each pixel's dz @ w2d.T added onto its window, in a padded dx
+        wt = np.zeros((F, tiles.FB), dtype)
+        wt[:, :K] = np.asarray(w, dtype=dtype).reshape(K, F).T
+        (_, PB), (_, PR) = padding
+        HP, WP = H + PT + PB, W + PL + PR
+        dxp = _POOL.empty("conv2d.dxp", (N, HP, WP, C), dtype) if (HP, WP) != (H, W) else None
+        dx_taps = tiles.tap_offsets((KH, KW), (DH, DW), WP, C)
+        dx_geometry = (OH, OW, SH, SW, HP * WP * C, WP * C, C, F)
+    dx = _POOL.empty("conv2d.dx", tuple(x_shape), dtype) if route in ("tiles", "scatter") else None
+    if need_dw:
+        koff = tiles.tap_offsets((KH, KW), (DH, DW), xp.shape[2], C)
+        flat = xp.reshape(N, -1)
+        dw_geometry = (SH, SW, xp.shape[2] * C, C, OH, OW)
+    masked = y is not None
+    copy = masked or route == "tiles"  # otherwise dz is dy itself
+    whole = route == "col2im"  # col2im takes dz of all the images at the end
+    step = N if whole else _images_per_chunk(N, dz_hw[0] * dz_hw[1] * F * dtype.itemsize)
+    full = _POOL.empty("conv2d.dz", dy.shape, dtype) if whole and copy else None
     images = _split(N, PARTS)
 
-    def part(k):  # part k owns the images n0:n1 of dz, and returns their [dw; db]
+    def part(k):  # part k owns the images n0:n1 of dz and dx, and returns their [dw; db]
         n0, n1 = images[k]
         dwb = np.zeros((K + 1, F), dtype)
-        if dz is None:
-            tiles.column_sums(dy, n0, n1, dwb[K])
-        else:
-            tiles.relu_grad_pad(dy, dy if y is None else y, y is not None, n0, n1, dz, top, left, dwb[K])
-        tiles.weight_grad(flat, koff, dy if dz is None else dz, top, left, geometry, n0, n1, dwb[:K])
+        buffer = None
+        if route == "scatter":
+            _fill_zero((dx if dxp is None else dxp)[n0:n1].reshape(-1))  # the scatter adds into it
+        for c0 in range(n0, n1, step):
+            c1 = min(n1, c0 + step)
+            if not copy:
+                dz = dy[c0:c1]
+                if need_dw:
+                    tiles.column_sums(dz, 0, c1 - c0, dwb[K])
+            else:
+                if full is not None:
+                    dz = full[c0:c1]
+                else:
+                    if buffer is None:  # one per part, reused for its chunks
+                        buffer = _POOL.empty("conv2d.dz_chunk", (min(step, n1 - n0), *dz_hw, F), dtype)
+                    dz = buffer[: c1 - c0]
+                tiles.relu_grad_pad(dy[c0:c1], (y if masked else dy)[c0:c1], masked, 0, c1 - c0, dz, top, left, dwb[K])
+            if need_dw:
+                tiles.weight_grad(flat[c0:c1], koff, dz, top, left, dw_geometry, 0, c1 - c0, dwb[:K])
+            if route == "tiles":
+                tiles.conv_pixels(dz.reshape(-1), flipped, no_bias, dx_taps, dx_geometry,
+                                  dx[c0:c1].reshape(-1, C), 0, (c1 - c0) * H * W, False)
+            elif route == "scatter":
+                tiles.input_grad_scatter(dz.reshape(-1), wt, dx_taps, dx_geometry,
+                                         (dx if dxp is None else dxp)[c0:c1].reshape(-1), 0, (c1 - c0) * OH * OW)
+        if route == "scatter" and dxp is not None:
+            dx[n0:n1] = dxp[n0:n1, PT : PT + H, PL : PL + W]
         return dwb
 
     dwb = None
     for part_dwb in _LANES.run(part, PARTS, N * OH * OW * K):  # in part order: the same sums for any thread count
         dwb = part_dwb if dwb is None else dwb + part_dwb
-    dx = None
-    if dx_tiled:
-        dx = _input_grad_tiled(dz, w, g, x.shape)
-    elif need_dx:
-        dx, _, _ = _conv2d_backward(dz, None, w, None, g, x.shape, need_dx=True, need_dw=False)
+    if route == "col2im":
+        dx, _, _ = _conv2d_backward(dy if full is None else full, None, w, None, g, x_shape, need_dx=True, need_dw=False)
+    if not need_dw:
+        return dx, None, None
     return dx, dwb[:K].reshape(KH, KW, C, F), dwb[K].copy()
 
 
