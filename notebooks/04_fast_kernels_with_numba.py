@@ -103,7 +103,9 @@ conv2d_loops_numba = njit(conv2d_loops)     # the very same function, compiled b
 # 3. `conv2d_loops_numba`: the loops of (1), compiled to machine code by Numba;
 # 4. `minicnn.kernels.numba_cpu.conv2d_forward` (minicnn's default backend): a Numba loop copies every
 #    receptive field into one row of a matrix (*im2col*, shape `(N*OH*OW, KH*KW*C)`), then one
-#    matrix product with the kernel reshaped to `(KH*KW*C, F)` does all the arithmetic in BLAS.
+#    matrix product with the kernel reshaped to `(KH*KW*C, F)` does all the arithmetic in BLAS;
+#    except with a multiple of 32 filters, where a *register-tiled* Numba loop nest takes over
+#    (`minicnn/kernels/numba_tiles.py`, see below).
 #
 # First: do they agree?
 
@@ -170,12 +172,22 @@ plt.show()
 # Python loops are hopeless: a thousand times slower than everything else. The compiled loops do
 # the same multiply-adds as the Python ones, a few nanoseconds each, and with one or two channels
 # they are the fastest of all (no intermediate arrays, no call overhead). But as $C$ and $F$ grow
-# they fall far behind the two methods that hand the arithmetic to BLAS, the NumPy reference (nine
-# matrix products, one per kernel tap) and minicnn's numba_cpu (one big product after im2col),
-# which run neck and neck: BLAS splits a matrix product into blocks that stay in the CPU cache and
-# uses SIMD instructions, which a straightforward loop nest does not. That is why minicnn's Numba
-# backend uses Numba for what BLAS cannot do (gathering windows, scattering gradients back,
-# max-pooling, and the direct loop for a first layer with very few taps) and BLAS for the rest.
+# they fall far behind the methods that hand the arithmetic to BLAS, the NumPy reference (nine
+# matrix products, one per kernel tap) and minicnn's numba_cpu up to 16 filters (one big product
+# after im2col), which run neck and neck: BLAS splits a matrix product into blocks that stay in the
+# CPU cache and uses SIMD instructions, which a straightforward loop nest does not.
+#
+# From 32 filters on, numba_cpu pulls ahead of BLAS (about 2.5 times faster than the reference at
+# C = 32 and 64 on the machine of `benchmarks/RESULTS.md`). There it runs a loop nest that is not
+# straightforward: `conv_pixels` in `minicnn/kernels/numba_tiles.py` computes a *tile* of 6 output
+# pixels x 32 filters at a time, and keeps the tile's 192 running sums in the CPU's vector
+# registers for the whole loop over the kernel's taps. Each step loads 6 input values and one row
+# of 32 weights and does 192 multiply-adds; nothing is written to memory until the tile is done,
+# and no im2col matrix is built at all. (The tile is a small array on the stack, so that the
+# compiler knows nothing else can touch it and may keep it in registers; the innermost loop runs
+# over the 32 filters, which the compiler turns into SIMD instructions. Read the module's
+# docstring for what made a 2x difference: unsigned indices, a constant tile size, no division
+# in the inner loops.) That is the trick BLAS itself uses inside its matrix products.
 #
 # ## 4.2 Memory layout and loop order
 #
@@ -384,7 +396,8 @@ assert files
 # - Python loops: thousands of times too slow. NumPy: fast when the work is a few big array
 #   operations. Numba: the loops themselves, compiled; fastest where no array operation fits.
 # - For the arithmetic of a convolution, one large matrix product (im2col + BLAS) beats any simple
-#   loop nest once there are more than a few channels.
+#   loop nest once there are more than a few channels; a loop nest that keeps a tile of outputs in
+#   registers (minicnn's `numba_tiles.py`) beats both.
 # - The innermost loop should walk along the last (contiguous) axis of the arrays it touches; the
 #   same code can be many times slower on the same values laid out differently.
 # - `prange` only over an axis whose iterations own their outputs; otherwise additions get lost,

@@ -662,6 +662,8 @@ def _input_grad_route(g, padding, channels):
     """
     KH, KW, SH, SW, DH, DW = g[:6]
     (PT, PB), (PL, PR) = padding
+    # 'tiles' also multiplies the zeros around dz: at 13x13x32 -> 64 (11x11 outputs, 15x15
+    # padded) 40% more multiply-adds than needed, and still twice as fast as col2im
     if tiles.fits(channels) and SH == SW == 1 and max(PT, PB) <= DH * (KH - 1) and max(PL, PR) <= DW * (KW - 1):
         return "tiles"
     return "scatter" if tiles.small_kernel((KH, KW), channels) else "col2im"
@@ -1243,26 +1245,6 @@ def _adam(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
         m[i] = mi
         v[i] = vi
         w[i] -= dt(dt(step * mi) / dt(np.sqrt(vi) + eps))  # rounded where NumPy rounds
-
-
-# ----------------------------------------------------------------------------------------
-
-
-def warmup(dtypes=("float32", "float64")):
-    """Compile (or load from the cache) every kernel for ``dtypes`` on tiny inputs."""
-    for dtype in dtypes:
-        for C in (1, 2):
-            x = np.ones((1, 3, 3, C), dtype=dtype)
-            w = np.ones((2, 2, C, 1), dtype=dtype)
-            y = conv2d_forward(x, w, None, padding=((0, 1), (0, 1)), activation="relu")
-            conv2d_backward(y, x, w, padding=((0, 1), (0, 1)), relu_output=y)
-            conv2d_backward_input(y, w, x.shape, padding=((0, 1), (0, 1)))
-            conv2d_backward_weights(x, y, (2, 2), padding=((0, 1), (0, 1)))
-        for strides in ((1, 1), (2, 2)):  # overlapping and disjoint windows
-            y, argmax = maxpool2d_forward(x, (2, 2), strides)
-            maxpool2d_backward(y, argmax, x.shape, (2, 2), strides)
-        w = np.ones(4, dtype=dtype)
-        adam_update(w, w.copy(), w.copy(), w.copy(), 1e-3, 0.9, 0.999, 1e-7)
 
 
 # ----------------------------------------------------------------------------------------

@@ -23,9 +23,21 @@ array made with ``np.empty`` lives on the heap, and LLVM reloads and stores it a
 step: four times slower, measured.) The innermost loop runs over the ``FB`` filters, which
 LLVM turns into vector instructions because ``FB`` is a constant.
 
-Measured on one core of the AVX-512 machine of ``benchmarks/RESULTS.md``: 170-190 GFLOP/s
-for 32 images of 13x13x32 -> 64 filters (im2col + OpenBLAS: about 80), 85 GFLOP/s for
-224x224x3 -> 32 forward and 140 for its kernel gradient.
+What else made a difference, measured on one core at 13x13x32 -> 64, batch 128:
+
+- Indices into the flattened arrays are unsigned (``np.uint64``): Numba then drops its test
+  for negative (wrap-around) indices, a few instructions per load (kernel gradient 5.4 -> 3.4 ms).
+- A tile's pixels advance by counters, not by a division per pixel (and a tile may run on into
+  the next image row, so no tile is wasted at the end of a row).
+- Numba runs LLVM's loop vectorizer but not its SLP vectorizer, after fully unrolling small
+  constant loops: a loop over ``FB`` alone (zeroing a tile) becomes 32 scalar instructions.
+  Only loops with a body big enough (``FB`` with the ``JB`` or ``KB`` loop inside) stay loops
+  and get vectorized. So tile sizes are chosen by measurement, and speed is not monotonic in
+  them (``KB`` from 6 to 12 ran at 60 to 170 GFLOP/s).
+
+Measured on one core of the AVX-512 machine of ``benchmarks/RESULTS.md``: 190 GFLOP/s for 128
+images of 13x13x32 -> 64 filters forward, 175 for the kernel gradient (im2col + OpenBLAS:
+about 80); 224x224x3 -> 32: 90 forward, 85 input gradient, 125 kernel gradient.
 
 Sums are taken in a fixed order (taps in ``(u, v, c)`` order for an output; pixels in row
 order for a kernel gradient), so results do not depend on the thread count. ``fastmath``
