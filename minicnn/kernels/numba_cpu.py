@@ -1247,6 +1247,26 @@ def _adam(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
         w[i] -= dt(dt(step * mi) / dt(np.sqrt(vi) + eps))  # rounded where NumPy rounds
 
 
+def warmup(dtypes=("float32", "float64")):
+    """Compile (or load from the cache) every kernel for ``dtypes`` on tiny inputs."""
+    pad = ((0, 1), (0, 1))
+    for dtype in dtypes:
+        # 1 or 2 filters: im2col; 32: the register tiles (dx by scatter for 2 channels, by tiles for 32)
+        for C, F in ((1, 1), (2, 2), (2, 32), (32, 32)):
+            x = np.ones((1, 3, 3, C), dtype=dtype)
+            w = np.ones((2, 2, C, F), dtype=dtype)
+            y = conv2d_forward(x, w, None, padding=pad, activation="relu")
+            conv2d_backward(y, x, w, padding=pad, relu_output=y)
+            conv2d_backward(y, x, w, padding=pad)
+            conv2d_backward_input(y, w, x.shape, padding=pad)
+            conv2d_backward_weights(x, y, (2, 2), padding=pad)
+        for strides in ((1, 1), (2, 2)):  # overlapping and disjoint windows
+            y, argmax = maxpool2d_forward(x, (2, 2), strides)
+            maxpool2d_backward(y, argmax, x.shape, (2, 2), strides)
+        w = np.ones(4, dtype=dtype)
+        adam_update(w, w.copy(), w.copy(), w.copy(), 1e-3, 0.9, 0.999, 1e-7)
+
+
 # ----------------------------------------------------------------------------------------
 # Average pooling: a window sum divided by its count of real (unpadded) cells
 # ----------------------------------------------------------------------------------------
