@@ -108,6 +108,27 @@ def tap_offsets(kernel_hw, dilation, padded_width, channels):
     return ((DH * u * padded_width + DW * v) * channels + c).reshape(-1).astype(np.int64)
 
 
+@njit(inline="always")
+def _pixel(t, OH, OW):
+    """``(n, i, j)`` of output pixel ``t = (n*OH + i)*OW + j``."""
+    n = t // (OH * OW)
+    i = (t - n * OH * OW) // OW
+    return n, i, t - (n * OH + i) * OW
+
+
+@njit(inline="always")
+def _next_pixel(n, i, j, OH, OW):
+    """The pixel after ``(n, i, j)``, by counting (a division per pixel cost 10-30%)."""
+    j += 1
+    if j == OW:
+        j = 0
+        i += 1
+        if i == OH:
+            i = 0
+            n += 1
+    return n, i, j
+
+
 @njit(**TILE_OPTIONS)
 def conv_pixels(xf, wp, bp, koff, g, y2, t0, t1, relu):
     """Output pixels ``t0 <= t < t1`` (``t = (n*OH + i)*OW + j``) of a convolution of padded input.
@@ -130,20 +151,12 @@ def conv_pixels(xf, wp, bp, koff, g, y2, t0, t1, relu):
     corner = carray(_pixel_corners(np.uint64), (JB,))  # where each pixel's window starts in xf
     zero = xf.dtype.type(0)
     for fb in range(F // FB):
-        n = t0 // (OH * OW)
-        i = (t0 - n * OH * OW) // OW
-        j = t0 - (n * OH + i) * OW
+        n, i, j = _pixel(t0, OH, OW)
         for s in range(t0, t1, JB):
             for jj in range(JB):
                 corner[jj] = np.uint64(n * IMAGE + SH * i * WPC + SW * j * C)
-                if s + jj + 1 < t1:  # step to the next pixel; a last, short tile repeats its last one
-                    j += 1
-                    if j == OW:
-                        j = 0
-                        i += 1
-                        if i == OH:
-                            i = 0
-                            n += 1
+                if s + jj + 1 < t1:  # a last, short tile repeats its last pixel
+                    n, i, j = _next_pixel(n, i, j, OH, OW)
                 for f in range(FB):
                     acc[jj, f] = bp[fb, f]
             for k in range(K):
@@ -184,21 +197,13 @@ def input_grad_scatter(dzf, wt, koff, g, dxf, t0, t1):
     ds = carray(_scatter_inputs(dzf.dtype), (SJB,))
     corner = carray(_scatter_corners(np.uint64), (SJB,))  # where each pixel's window starts in dxf
     source = carray(_scatter_sources(np.uint64), (SJB,))  # where each pixel's gradient starts in dzf
-    n = t0 // (OH * OW)
-    i = (t0 - n * OH * OW) // OW
-    j = t0 - (n * OH + i) * OW
+    n, i, j = _pixel(t0, OH, OW)
     for s in range(t0, t1, SJB):
         for jj in range(SJB):
             corner[jj] = np.uint64(n * IMAGE + SH * i * WPC + SW * j * C)
             source[jj] = np.uint64(min(s + jj, t1 - 1) * F)
-            if s + jj + 1 < t1:  # step to the next pixel; a last, short tile repeats its last one
-                j += 1
-                if j == OW:
-                    j = 0
-                    i += 1
-                    if i == OH:
-                        i = 0
-                        n += 1
+            if s + jj + 1 < t1:  # a last, short tile repeats its last pixel
+                n, i, j = _next_pixel(n, i, j, OH, OW)
             for k in range(FB):
                 acc[jj, k] = 0
         for f in range(F):
