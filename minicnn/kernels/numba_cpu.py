@@ -103,8 +103,9 @@ from . import numba_tiles as tiles  # noqa: E402  (it reads _CACHE_OK)
 # sums and assume there is no NaN or inf (the max-pool kernel tests for NaN; padding is -inf).
 JIT_OPTIONS = dict(cache=_CACHE_OK, fastmath=False, parallel=True)
 
-# im2col buffers larger than this are filled and multiplied a few images at a time:
-# a cache-sized buffer was as fast or faster than one for the whole batch (224x224x3 images)
+# im2col buffers (and the direct backward pass's chunks of dz) larger than this are filled and
+# used a few images at a time: a cache-sized buffer was as fast or faster than one for the whole
+# batch (224x224x3 images)
 COLS_BUDGET_BYTES = 8 * 2**20
 
 # a training layer keeps its whole im2col matrix from the forward pass for the backward pass
@@ -466,7 +467,7 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     w2d = np.empty((K + 1, F), dtype=x.dtype)
     w2d[:K] = w.reshape(K, F)
     w2d[K] = 0 if b is None else b
-    if _is_pointwise(g):  # cols is x itself, without the ones column
+    if _is_pointwise(g, x.shape):  # cols is x itself, without the ones column
         w2d = w2d[:K]
     N, rows = x.shape[0], g[-2] * g[-1]  # rows = OH*OW per image
     y = _POOL.empty("conv2d.y", (N, g[-2], g[-1], F), x.dtype)
@@ -475,7 +476,7 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     kept = None
     if workspace is not None:
         workspace.clear()
-        if not _is_pointwise(g) and N * rows * (K + 1) * x.itemsize <= KEEP_COLS_BYTES:
+        if not _is_pointwise(g, x.shape) and N * rows * (K + 1) * x.itemsize <= KEEP_COLS_BYTES:
             kept = _POOL.empty("conv2d.kept_cols", (N * rows, K + 1), x.dtype)
             workspace.update(x=x, geometry=g, cols=kept)
 
@@ -484,7 +485,7 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
         for c0, c1, cols in _im2col_chunks(x, g, n0, n1, into=kept):
             out = y2d[c0 * rows : c1 * rows]
             np.matmul(cols, w2d, out=out)  # (rows, K + 1) @ (K + 1, F): with the bias
-            if _is_pointwise(g) and b is not None:
+            if _is_pointwise(g, x.shape) and b is not None:
                 out += b.astype(x.dtype, copy=False)
             if relu:
                 _relu(out.reshape(-1))  # while the chunk is still in cache
@@ -781,7 +782,7 @@ def _conv2d_backward(dy, y, w, x, g, x_shape, need_dx, need_dw, kept=None):
     y2d = None if y is None else y.reshape(N * rows, F)
     # w2d.T, contiguous: the product dz @ w2d.T was 10% faster with it than with a strided view
     wT = None if w is None else np.ascontiguousarray(np.asarray(w, dtype=dtype).reshape(K, F).T)
-    pointwise = _is_pointwise(g)
+    pointwise = _is_pointwise(g, x_shape)
     dx = _POOL.empty("conv2d.dx", x_shape, dtype) if need_dx else None
     images = _split(N, PARTS)
 
@@ -844,9 +845,11 @@ def _geometry(kernel_hw, strides, padding, dilation, x_shape):
     return tuple(int(v) for v in values)
 
 
-def _is_pointwise(g):
-    KH, KW, SH, SW, _, _, PT, PL, _, _ = g
-    return KH == KW == SH == SW == 1 and PT == PL == 0  # then OH, OW = H, W: no padding at all
+def _is_pointwise(g, x_shape):
+    """A 1x1 kernel at stride 1 without padding: then im2col's matrix is x itself."""
+    KH, KW, SH, SW, _, _, PT, PL, OH, OW = g
+    # g holds only the top and left padding: equal output and input sizes rule out the rest
+    return KH == KW == SH == SW == 1 and PT == PL == 0 and (OH, OW) == tuple(x_shape[1:3])
 
 
 def _images_per_chunk(N, bytes_per_image):
@@ -866,7 +869,7 @@ def _im2col_chunks(x, g, start=0, stop=None, into=None):
     KH, KW, rows = g[0], g[1], g[-2] * g[-1]
     if stop <= start:
         return
-    if _is_pointwise(g):
+    if _is_pointwise(g, x.shape):
         yield start, stop, x[start:stop].reshape((stop - start) * rows, C)  # x as it is
         return
     step = _images_per_chunk(N, rows * (KH * KW * C + 1) * x.itemsize)
