@@ -1,13 +1,11 @@
 """The blog post's code, with ``keras`` replaced by ``minicnn``: same model, same numbers, and it trains."""
 
 import gzip
-import importlib
 import os
 
 import numpy as np
 import pytest
 
-import minicnn
 from minicnn.utils import clear_session, set_random_seed, to_categorical
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -51,17 +49,7 @@ Model: "sequential"
  Trainable params: 50,469,130 (192.52 MB)
  Non-trainable params: 0 (0.00 B)"""
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    backend = minicnn.get_backend()
-    try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
-    except ImportError:
-        minicnn.set_backend("reference")
-    clear_session()
-    yield
-    minicnn.set_backend(backend)
+pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def blog_model(num_classes, input_shape=(224, 224, 3)):

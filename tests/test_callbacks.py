@@ -2,7 +2,6 @@
 and the exact text of the progress lines."""
 
 import csv
-import importlib
 import io
 import os
 import re
@@ -10,26 +9,13 @@ import re
 import numpy as np
 import pytest
 
-import minicnn
 from minicnn import callbacks as cb
 from minicnn.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
 from minicnn.losses import MeanSquaredError
 from minicnn.models import Sequential, load_model
 from minicnn.optimizers import SGD, Adam
-from minicnn.utils import clear_session
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
-    try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
-    except ImportError:
-        minicnn.set_backend("reference")
-    clear_session()
-    yield
-    minicnn.set_backend(backend)
-    minicnn.set_floatx(floatx)
+pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def model_and_data(seed, n=24, optimizer="adam"):

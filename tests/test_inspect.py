@@ -1,6 +1,5 @@
 """Looking inside: whole-model gradient checks, the training recorder, vanishing gradients, saliency maps."""
 
-import importlib
 
 import numpy as np
 import pytest
@@ -31,21 +30,9 @@ from minicnn.layers import (
 )
 from minicnn.models import Sequential
 from minicnn.optimizers import SGD
-from minicnn.utils import clear_session, set_random_seed
+from minicnn.utils import set_random_seed
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    """Default kernels when they import (else the NumPy reference); floatx and names restored after."""
-    backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
-    try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
-    except ImportError:
-        minicnn.set_backend("reference")
-    clear_session()
-    yield
-    minicnn.set_backend(backend)
-    minicnn.set_floatx(floatx)
+pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def every_layer_cnn(head):

@@ -1,6 +1,5 @@
 """minicnn <-> PyTorch: the same predictions after to_torch, from_torch and round trips; training carries on."""
 
-import importlib
 import warnings
 
 import numpy as np
@@ -30,24 +29,12 @@ from minicnn.layers import (
     ZeroPadding2D,
 )
 from minicnn.models import Sequential
-from minicnn.utils import clear_session, set_random_seed
+from minicnn.utils import set_random_seed
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    """Default kernels when they import (else the NumPy reference); floatx and names restored after."""
-    backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
-    try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
-    except ImportError:
-        minicnn.set_backend("reference")
-    clear_session()
-    yield
-    minicnn.set_backend(backend)
-    minicnn.set_floatx(floatx)
+pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def torch_predict(module, x):

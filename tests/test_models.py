@@ -1,7 +1,6 @@
 """Sequential: structure, weights, config, compile, gradients (finite differences and PyTorch), fit semantics,
 datasets, and clear errors that leave the model untouched."""
 
-import importlib
 import json
 import re
 import warnings
@@ -17,19 +16,7 @@ from minicnn.models import Sequential
 from minicnn.optimizers import SGD, Adam
 from minicnn.utils import clear_session, set_random_seed, to_categorical
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    """Default kernels when they import (else the NumPy reference); floatx and names restored after."""
-    backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
-    try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
-    except ImportError:
-        minicnn.set_backend("reference")
-    clear_session()
-    yield
-    minicnn.set_backend(backend)
-    minicnn.set_floatx(floatx)
+pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def small_cnn(input_shape=(8, 8, 1), classes=3, activation="softmax", input_layer=True):

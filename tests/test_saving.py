@@ -1,6 +1,5 @@
 """Saving and loading: exact round trips, exact resumption, atomic writes under SIGKILL, and bad files."""
 
-import importlib
 import json
 import os
 import pickle
@@ -17,22 +16,11 @@ import minicnn
 from minicnn import config, saving
 from minicnn.layers import Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 from minicnn.models import Sequential, load_model
-from minicnn.utils import clear_session, set_random_seed
+from minicnn.utils import set_random_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-@pytest.fixture(autouse=True)
-def _settings():
-    backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
-    try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
-    except ImportError:
-        minicnn.set_backend("reference")
-    clear_session()
-    yield
-    minicnn.set_backend(backend)
-    minicnn.set_floatx(floatx)
+pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def make_model(dropout=True):

@@ -1,0 +1,23 @@
+"""Fixtures shared by the test modules."""
+
+import importlib
+
+import pytest
+
+import minicnn
+from minicnn.utils import clear_session
+
+
+@pytest.fixture
+def default_settings():
+    """Default kernels when they import (else the NumPy reference), fresh layer names; the backend
+    and floatx are restored afterwards. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
+    try:
+        importlib.import_module("minicnn.kernels.numba_cpu")
+    except ImportError:
+        minicnn.set_backend("reference")
+    clear_session()
+    yield
+    minicnn.set_backend(backend)
+    minicnn.set_floatx(floatx)
