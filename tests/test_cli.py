@@ -1,5 +1,6 @@
 """The `minicnn` command: train, evaluate, predict, info, gradcheck, and one-line errors."""
 
+import argparse
 import subprocess
 import sys
 
@@ -93,10 +94,21 @@ def test_train_streams_from_an_image_folder(tmp_path, capsys):
                 pixels = np.clip(colour + rng.normal(0, 20, (20, 24, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
     out = tmp_path / "run"
-    argv = ["train", "--dataset", str(tmp_path / "pics"), "--epochs", "4", "--batch-size", "4", "--image-size", "16", "16",
+    argv = ["train", "--dataset", str(tmp_path / "pics"), "--epochs", "12", "--batch-size", "4", "--image-size", "16", "16",
             "--seed", "1", "--out", str(out)]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert float(text.split("Test accuracy: ")[1].split()[0]) >= 0.9   # dark vs light is easy
     assert cli.main(["predict", str(out / "model.npz"), str(tmp_path / "pics" / "test" / "light" / "1.png")]) == 0
     assert capsys.readouterr().out.split(": ")[1].startswith("light")
+
+
+@pytest.mark.parametrize("validation_split, expected_steps", [(0.1, 3 * 3), (0.0, 4 * 3)])
+def test_train_decays_the_learning_rate_to_zero_over_the_run(validation_split, expected_steps):
+    # 100 images, batch 32: 90 fitted images are 3 steps per epoch (100 are 4); 3 epochs
+    args = argparse.Namespace(validation_split=validation_split, batch_size=32, epochs=3)
+    optimizer = cli._optimizer(args, (np.zeros((100, 2)), np.zeros(100)), streaming=False)
+    schedule = optimizer._learning_rate
+    steps = np.arange(expected_steps + 1)
+    np.testing.assert_allclose([schedule(s) for s in steps], 0.5e-3 * (1 + np.cos(np.pi * steps / expected_steps)),
+                               rtol=1e-12, atol=1e-15)
