@@ -157,8 +157,10 @@ def conv_pixels(xf, wp, bp, koff, g, y2, t0, t1, relu):
                 corner[jj] = np.uint64(n * IMAGE + SH * i * WPC + SW * j * C)
                 if s + jj + 1 < t1:  # a last, short tile repeats its last pixel
                     n, i, j = _next_pixel(n, i, j, OH, OW)
-                for f in range(FB):
-                    acc[jj, f] = bp[fb, f]
+            for f in range(FB):  # vectorised; a loop over FB alone would be unrolled to scalars
+                bf = bp[fb, f]
+                for jj in range(JB):
+                    acc[jj, f] = bf
             for k in range(K):
                 offset = np.uint64(koff[k])  # unsigned indices: no test for negative ones
                 for jj in range(JB):
@@ -167,10 +169,16 @@ def conv_pixels(xf, wp, bp, koff, g, y2, t0, t1, relu):
                     wf = wp[fb, k, f]
                     for jj in range(JB):
                         acc[jj, f] += xs[jj] * wf
-            for jj in range(min(JB, t1 - s)):
+            if s + JB <= t1:  # a whole tile: vectorised stores
                 for f in range(FB):
-                    a = acc[jj, f]
-                    y2[s + jj, fb * FB + f] = zero if relu and a < zero else a  # NaN stays NaN
+                    for jj in range(JB):
+                        a = acc[jj, f]
+                        y2[s + jj, fb * FB + f] = zero if relu and a < zero else a  # NaN stays NaN
+            else:
+                for jj in range(t1 - s):
+                    for f in range(FB):
+                        a = acc[jj, f]
+                        y2[s + jj, fb * FB + f] = zero if relu and a < zero else a
 
 
 def small_kernel(kernel_hw, channels):
@@ -204,7 +212,8 @@ def input_grad_scatter(dzf, wt, koff, g, dxf, t0, t1):
             source[jj] = np.uint64(min(s + jj, t1 - 1) * F)
             if s + jj + 1 < t1:  # a last, short tile repeats its last pixel
                 n, i, j = _next_pixel(n, i, j, OH, OW)
-            for k in range(FB):
+        for k in range(FB):  # vectorised (see conv_pixels)
+            for jj in range(SJB):
                 acc[jj, k] = 0
         for f in range(F):
             for jj in range(SJB):
