@@ -209,10 +209,12 @@ def test_weights_are_keras_layouts_and_copies():
     assert kernel.shape == (3, 2, 3, 5) and bias.shape == (5,)
     kernel[:] = 99
     assert not np.any(layer.params["kernel"] == 99)
+    held = layer.params["kernel"]   # a reference taken before set_weights still shows the weights
     new = [np.ones((3, 2, 3, 5)), np.zeros(5)]
     layer.set_weights(new)
     new[0][:] = 7
     assert np.all(layer.params["kernel"] == 1) and layer.params["kernel"].dtype == np.float32
+    assert layer.params["kernel"] is held and np.all(held == 1)
 
 
 def test_set_weights_validates_before_changing_anything():

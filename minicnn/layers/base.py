@@ -240,7 +240,11 @@ class Layer:
         return [np.array(w, copy=True) for w in self._weight_arrays()]
 
     def set_weights(self, weights):
-        """Replace the weights by copies of ``weights`` (Keras order), after checking count and shapes."""
+        """Write ``weights`` (Keras order) into the layer's arrays, after checking count and shapes.
+
+        The values are copied into the existing arrays, as Keras assigns to its variables: a
+        reference to ``layer.params['kernel']`` taken before still shows the layer's weights after.
+        """
         weights = list(weights)
         current = self._weight_arrays()
         if len(weights) != len(current):
@@ -258,8 +262,10 @@ class Layer:
             if not np.issubdtype(w.dtype, np.number):
                 raise TypeError(f"Layer '{self.name}': weight '{n}' must be numeric. Received dtype={w.dtype}")
             new.append(np.array(w, dtype=old.dtype, copy=True))
-        for n, w in zip(self.weight_names, new):   # all checked: now change state
-            if n in self.params:
+        for n, old, w in zip(self.weight_names, current, new):   # all checked: now change state
+            if isinstance(old, np.ndarray) and old.flags.writeable:
+                np.copyto(old, w)
+            elif n in self.params:
                 self.params[n] = w
             else:
                 setattr(self, n, w)
