@@ -198,6 +198,18 @@ def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypat
             assert_close(name, a, e, np.float32)
 
 
+@pytest.mark.parametrize("case", [(0, 6, 6, 32, 3, 3, 32, (1, 1), "same"), (0, 6, 6, 3, 3, 3, 32, (1, 1), "valid"),
+                                  (0, 6, 6, 3, 3, 3, 4, (1, 1), "same")], ids=case_id)
+def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients(case):
+    rng = np.random.default_rng(14)
+    x, w, b, dy, kw = make(case, rng, np.float32)
+    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
+    assert y.shape == dy.shape
+    want = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
+    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), want):
+        assert a.shape == e.shape and not a.any(), name
+
+
 def test_bad_activation_and_relu_output_shapes_raise():
     x, w = np.zeros((1, 4, 4, 1)), np.zeros((3, 3, 1, 2))
     for m in BACKENDS.values():

@@ -715,7 +715,7 @@ def _conv2d_backward_direct(dy, y, w, xp, g, padding, x_shape, need_dx, need_dw)
     dx = _POOL.empty("conv2d.dx", tuple(x_shape), dtype) if route in ("tiles", "scatter") else None
     if need_dw:
         koff = tiles.tap_offsets((KH, KW), (DH, DW), xp.shape[2], C)
-        flat = xp.reshape(N, -1)
+        flat = xp.reshape(N, math.prod(xp.shape[1:]))  # (not -1: N may be 0)
         dw_geometry = (SH, SW, xp.shape[2] * C, C, OH, OW)
     masked = y is not None
     copy = masked or route == "tiles"  # otherwise dz is dy itself
