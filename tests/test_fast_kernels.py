@@ -5,6 +5,11 @@ Same kinds of evidence as ``test_kernels.py``: finite differences on the referen
 against reference, results independent of the thread count, plus the safety of buffer reuse.
 """
 
+import os
+import platform
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -208,6 +213,32 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients(case):
     want = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
     for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), want):
         assert a.shape == e.shape and not a.any(), name
+
+
+_AVX2_SCRIPT = """
+from minicnn.kernels import conv_padding, numba_cpu, numba_tiles, reference
+import numpy as np
+assert (numba_tiles.JB, numba_tiles.SJB) == (3, 2), (numba_tiles.JB, numba_tiles.SJB)
+rng = np.random.default_rng(15)
+for C, F, mode in ((32, 64, "same"), (3, 32, "valid")):
+    x, w, b = rng.standard_normal((2, 7, 9, C)), rng.standard_normal((3, 3, C, F)), rng.standard_normal(F)
+    kw = dict(padding=conv_padding(mode, (7, 9), (3, 3), (1, 1)))
+    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
+    np.testing.assert_allclose(y, reference.conv2d_forward(x, w, b, activation="relu", **kw), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    for a, e in zip(numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw),
+                    reference.conv2d_backward(dy, x, w, relu_output=y, **kw)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="compiles for an x86 CPU (Haswell)")
+def test_tiles_sized_for_avx2_match_reference(tmp_path):
+    # the tile sizes depend on the vector registers Numba compiles for: check the AVX2 ones too
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_bad_activation_and_relu_output_shapes_raise():

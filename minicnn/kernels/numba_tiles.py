@@ -35,9 +35,10 @@ What else made a difference, measured on one core at 13x13x32 -> 64, batch 128:
   and get vectorized. So tile sizes are chosen by measurement, and speed is not monotonic in
   them (``KB`` from 6 to 12 ran at 60 to 170 GFLOP/s).
 
-Measured on one core of the AVX-512 machine of ``benchmarks/RESULTS.md``: 190 GFLOP/s for 128
+Measured on one core of the AVX-512 machine of ``benchmarks/RESULTS.md``: 200 GFLOP/s for 128
 images of 13x13x32 -> 64 filters forward, 175 for the kernel gradient (im2col + OpenBLAS:
-about 80); 224x224x3 -> 32: 90 forward, 85 input gradient, 125 kernel gradient.
+about 80); 224x224x3 -> 32: 105 forward, 80 input gradient, 130 kernel gradient. Compiled for
+AVX2 on the same core (smaller tiles, see ``JB``): 117 forward, 60 kernel gradient at 13x13.
 
 Sums are taken in a fixed order (taps in ``(u, v, c)`` order for an output; pixels in row
 order for a kernel gradient), so results do not depend on the thread count. ``fastmath``
@@ -45,17 +46,32 @@ allows only ``contract``: a multiply and an add may become one fused multiply-ad
 rounding instead of two); nothing is reordered and NaN and inf behave as usual.
 """
 
+import llvmlite.binding as llvm
 import numpy as np
 from numba import carray, njit, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from .numba_cpu import _CACHE_OK  # numba_cpu imports this module once it has set up the cache
 
+
+def _avx512():
+    """True if Numba compiles for AVX-512 (32 vector registers of 16 floats), else AVX2 or less (16 of 8).
+
+    Numba's own rule: ``NUMBA_CPU_FEATURES`` when set, else the host CPU's features.
+    """
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features
+
+
+# Tile sizes, measured best on the AVX-512 machine of benchmarks/RESULTS.md; the AVX2 ones by
+# compiling for Haswell there (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=''): with the AVX-512
+# sizes, AVX2's 16 registers cannot hold a tile and the forward pass ran at 51 GFLOP/s, with
+# these at 118. (Numba's cache is per CPU target, so each machine compiles its own.)
 FB = 32  # filters per tile: two AVX-512 registers (four AVX2 ones) of float32
-JB = 6  # output pixels per forward tile: JB * FB / 16 = 12 registers of sums
-KB = 9  # kernel taps per weight-gradient tile: 18 registers of sums (a 3x3 kernel row of RGB)
-SJB = 4  # output pixels per tile of the small kernels' input gradient (measured best: 4)
+JB = 6 if _avx512() else 3  # output pixels per forward tile: JB * FB / 16 = 12 AVX-512 registers of sums
+KB = 9  # kernel taps per weight-gradient tile: 18 AVX-512 registers of sums (a 3x3 kernel row of RGB)
+SJB = 4 if _avx512() else 2  # output pixels per tile of the small kernels' input gradient
 CHUNK_PIXELS = 2048  # weight_grad sums this many output pixels (image rows) per pass over the taps
 
 
