@@ -21,3 +21,12 @@ def default_settings():
     yield
     minicnn.set_backend(backend)
     minicnn.set_floatx(floatx)
+
+
+@pytest.fixture(params=["reference", "numba"])
+def backend(request):
+    """Each test that asks for it runs once per kernel backend; the backend is restored afterwards."""
+    old = minicnn.get_backend()
+    minicnn.set_backend(request.param)
+    yield request.param
+    minicnn.set_backend(old)

@@ -9,6 +9,7 @@ import os
 import numba
 import numpy as np
 import pytest
+from helpers import pool_problems
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -240,17 +241,6 @@ def test_numba_conv_matches_reference_on_random_problems(problem, seed):
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[-1])
     dy = rng.standard_normal(reference.conv2d_forward(x, w, b, **kw).shape)
     assert_conv_backends_agree(x, w, b, dy, kw)
-
-
-@st.composite
-def pool_problems(draw):
-    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    H, W = draw(st.integers(1, 8)), draw(st.integers(1, 8))
-    pool_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in pool_size)
-    assume(H + sum(padding[0]) >= pool_size[0] and W + sum(padding[1]) >= pool_size[1])
-    return (N, H, W, C), dict(pool_size=pool_size, strides=strides, padding=padding)
 
 
 @settings(deadline=None, max_examples=30)

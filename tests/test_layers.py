@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import spaced
 
 import minicnn
 from minicnn import gradcheck
@@ -18,24 +19,6 @@ from minicnn.layers import (
     deserialize,
     serialize,
 )
-
-BACKENDS = ["reference", "numba"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    old = minicnn.get_backend()
-    minicnn.set_backend(request.param)
-    yield request.param
-    minicnn.set_backend(old)
-
-
-def spaced(rng, shape):
-    """Random values at least 0.05 apart: no max-pool ties and no ReLU input within 0.025 of 0."""
-    n = int(np.prod(shape))
-    values = (rng.permutation(n) - n / 2 + 0.5) * 0.05 + rng.uniform(-0.01, 0.01, n)
-    return values.reshape(shape)
-
 
 CONV_CASES = [
     # (x shape, filters, kernel_size, strides, padding, dilation, activation)

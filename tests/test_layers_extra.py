@@ -13,7 +13,8 @@ import re
 import numba
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from helpers import pool_problems, spaced
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicnn
@@ -40,21 +41,6 @@ from minicnn.layers import (
 )
 
 BACKENDS = {"reference": reference, "numba": numba_cpu}
-
-
-@pytest.fixture(params=list(BACKENDS))
-def backend(request):
-    old = minicnn.get_backend()
-    minicnn.set_backend(request.param)
-    yield request.param
-    minicnn.set_backend(old)
-
-
-def spaced(rng, shape):
-    """Random values at least 0.05 apart: no max-pool ties and no input within 0.025 of a kink at 0."""
-    n = int(np.prod(shape))
-    values = (rng.permutation(n) - n / 2 + 0.5) * 0.05 + rng.uniform(-0.01, 0.01, n)
-    return values.reshape(shape)
 
 
 def assert_close(name, actual, expected, rtol, atol=0.0):
@@ -339,19 +325,8 @@ def test_numba_batchnorm_matches_reference(shape, dtype):
     assert_bn_backends_agree(x, gamma, beta, rng.standard_normal(shape).astype(dtype))
 
 
-@st.composite
-def avgpool_problems(draw):
-    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    H, W = draw(st.integers(1, 8)), draw(st.integers(1, 8))
-    pool_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in pool_size)
-    assume(H + sum(padding[0]) >= pool_size[0] and W + sum(padding[1]) >= pool_size[1])
-    return (N, H, W, C), dict(pool_size=pool_size, strides=strides, padding=padding)
-
-
 @settings(deadline=None, max_examples=40)
-@given(problem=avgpool_problems(), seed=st.integers(0, 2**32 - 1))
+@given(problem=pool_problems(), seed=st.integers(0, 2**32 - 1))
 def test_numba_avgpool_matches_reference_on_random_problems(problem, seed):
     x_shape, kw = problem
     rng = np.random.default_rng(seed)
