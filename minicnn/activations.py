@@ -121,18 +121,21 @@ class Softmax(ActivationFn):
         return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
 
 
-_ACTIVATIONS = {cls.name: cls for cls in (ReLU, Sigmoid, Tanh, Softmax)}
-_EXTRA = {}   # more activations registered by other modules (e.g. leaky_relu, elu, gelu)
+#: The closed registry of activation names a layer config (and so a model file) may hold.
+#: Nothing else is ever looked up: a name outside it is an error, never an import.
+ACTIVATIONS = {cls.name: cls for cls in (ReLU, Sigmoid, Tanh, Softmax)}
 
 
 def register(cls):
-    """Make ``activation=cls.name`` available to every layer."""
-    _EXTRA[cls.name] = cls
+    """Make ``activation=cls.name`` available to every layer (and loadable from model files)."""
+    if not (isinstance(cls, type) and issubclass(cls, ActivationFn)):
+        raise TypeError(f"register expects an ActivationFn subclass. Received: {cls!r}")
+    ACTIVATIONS[cls.name] = cls
     return cls
 
 
 def valid_names():
-    return sorted(["linear", *_ACTIVATIONS, *_EXTRA])
+    return sorted(["linear", *ACTIVATIONS])
 
 
 def get(identifier, layer_name="layer"):
@@ -145,9 +148,8 @@ def get(identifier, layer_name="layer"):
         return fresh
     if isinstance(identifier, type) and issubclass(identifier, ActivationFn):
         return identifier()
-    table = {**_ACTIVATIONS, **_EXTRA}
-    if isinstance(identifier, str) and identifier.lower() in table:
-        return table[identifier.lower()]()
+    if isinstance(identifier, str) and identifier.lower() in ACTIVATIONS:
+        return ACTIVATIONS[identifier.lower()]()
     raise ValueError(
         f"{layer_name}: unknown activation. Expected one of {valid_names()} or None. "
         f"Received: activation={identifier!r}"

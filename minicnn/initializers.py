@@ -76,7 +76,8 @@ def _truncated_normal(shape, std, dtype):
     return out.astype(dtype)
 
 
-_INITIALIZERS = {
+#: The closed registry of initializer names a layer config (and so a model file) may hold.
+INITIALIZERS = {
     f.__name__: f
     for f in (zeros, ones, glorot_uniform, glorot_normal, he_uniform, he_normal, random_normal, random_uniform)
 }
@@ -86,9 +87,9 @@ def get(identifier, layer_name="layer"):
     """The initialiser function for a name, or ``identifier`` itself if it is callable."""
     if callable(identifier):
         return identifier
-    if isinstance(identifier, str) and identifier.lower() in _INITIALIZERS:
-        return _INITIALIZERS[identifier.lower()]
+    if isinstance(identifier, str) and identifier.lower() in INITIALIZERS:
+        return INITIALIZERS[identifier.lower()]
     raise ValueError(
-        f"{layer_name}: unknown initializer. Expected one of {sorted(_INITIALIZERS)}. "
+        f"{layer_name}: unknown initializer. Expected one of {sorted(INITIALIZERS)}. "
         f"Received: {identifier!r}"
     )

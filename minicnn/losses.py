@@ -36,6 +36,8 @@ class Loss:
     fuses_with = None
 
     def __init__(self, from_logits=False):
+        if not isinstance(from_logits, (bool, np.bool_)):
+            raise ValueError(f"{type(self).__name__}: `from_logits` must be True or False. Received: from_logits={from_logits!r}")
         self.from_logits = bool(from_logits)
 
     def __call__(self, y_true, y_pred):
@@ -61,6 +63,10 @@ class Loss:
 
     def get_config(self):
         return {"from_logits": self.from_logits}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def __repr__(self):
         return f"{type(self).__name__}(from_logits={self.from_logits})"
@@ -183,7 +189,12 @@ class MeanSquaredError(Loss):
         return (2 * (y_pred - y) / y_pred.size).astype(y_pred.dtype)
 
 
-_LOSSES = {
+#: The closed registry of loss classes a model file may name (``serialize`` stores the class name).
+LOSSES = {cls.__name__: cls for cls in (CategoricalCrossentropy, SparseCategoricalCrossentropy, BinaryCrossentropy,
+                                        MeanSquaredError)}
+
+#: The names ``compile(loss=...)`` accepts, as in Keras.
+_ALIASES = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "binary_crossentropy": BinaryCrossentropy,
@@ -196,9 +207,9 @@ def get(identifier):
     """A Loss object from a name (``'categorical_crossentropy'``, ``'mse'``, ...) or a Loss."""
     if isinstance(identifier, Loss):
         return identifier
-    if isinstance(identifier, str) and identifier.lower() in _LOSSES:
-        return _LOSSES[identifier.lower()]()
-    raise ValueError(f"Unknown loss. Expected one of {sorted(_LOSSES)} or a minicnn.losses.Loss. Received: loss={identifier!r}")
+    if isinstance(identifier, str) and identifier.lower() in _ALIASES:
+        return _ALIASES[identifier.lower()]()
+    raise ValueError(f"Unknown loss. Expected one of {sorted(_ALIASES)} or a minicnn.losses.Loss. Received: loss={identifier!r}")
 
 
 def serialize(loss):
@@ -206,7 +217,7 @@ def serialize(loss):
 
 
 def deserialize(data):
-    classes = {cls.__name__: cls for cls in set(_LOSSES.values())}
-    if data.get("class_name") not in classes:
-        raise ValueError(f"Unknown loss class {data.get('class_name')!r}. Known: {sorted(classes)}")
-    return classes[data["class_name"]](**data.get("config", {}))
+    """Inverse of ``serialize``: only classes in ``LOSSES``."""
+    from .registry import from_config
+
+    return from_config(LOSSES, data, "loss")

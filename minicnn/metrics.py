@@ -8,8 +8,8 @@ Pure NumPy. Every function accepts labels in either of the two forms a Keras wor
 ``to_labels`` turns the second form into the first with an argmax over the last axis, so
 ``accuracy(y_test, model.predict(x_test))`` works whether ``y_test`` is one-hot or not.
 
-The loss/accuracy numbers printed during ``fit`` come from ``minicnn.models``; this module is for
-looking at a trained model's mistakes afterwards. Results match scikit-learn's functions of the same
+The functions for looking at a trained model's mistakes come first; at the end, ``METRICS`` holds
+the running metrics ``fit`` reports (``compile(metrics=['accuracy'])``), by the names a model file stores. Results match scikit-learn's functions of the same
 name with ``labels=range(num_classes)`` and ``zero_division=0`` (sklearn is not a dependency).
 """
 
@@ -333,3 +333,50 @@ def classification_report(y_true, y_pred, class_names=None, digits=4, num_classe
 def print_classification_report(y_true, y_pred, class_names=None, digits=4, num_classes=None):
     """Print ``classification_report(...)`` (same arguments)."""
     print(classification_report(y_true, y_pred, class_names=class_names, digits=digits, num_classes=num_classes))
+
+
+# --------------------------------------------------------------------------- metrics reported by fit
+def binary_accuracy(y_true, y_pred, threshold=0.5):
+    """``mean [y_true == (y_pred > threshold)]`` over every output."""
+    return float(np.mean(np.asarray(y_true) == (y_pred > threshold)))
+
+
+def sparse_categorical_accuracy(y_true, y_pred):
+    """``mean [y_true[n] == argmax_k y_pred[n, k]]`` for integer labels."""
+    return float(np.mean(np.asarray(y_true).reshape(-1) == np.argmax(y_pred, axis=-1)))
+
+
+def categorical_accuracy(y_true, y_pred):
+    """``mean [argmax y_true[n] == argmax y_pred[n]]`` for one-hot targets."""
+    return float(np.mean(np.argmax(y_true, axis=-1) == np.argmax(y_pred, axis=-1)))
+
+
+def accuracy_fn(y_true, y_pred):
+    """Keras's reading of ``metrics=['accuracy']`` from the shapes (``compile_utils.get_metric``).
+
+    One output unit: binary accuracy. Labels of lower rank than the outputs, or a last axis of 1:
+    sparse categorical accuracy. Otherwise (one-hot targets): categorical accuracy.
+    """
+    y_true = np.asarray(y_true)
+    if y_pred.shape[-1] == 1:
+        return binary_accuracy(y_true, y_pred)
+    if y_true.ndim < y_pred.ndim or y_true.shape[-1] == 1:
+        return sparse_categorical_accuracy(y_true, y_pred)
+    return categorical_accuracy(y_true, y_pred)
+
+
+def _mean_squared_error(y_true, y_pred):
+    return float(np.mean((y_pred - y_true) ** 2))
+
+
+def _mean_absolute_error(y_true, y_pred):
+    return float(np.mean(np.abs(y_pred - y_true)))
+
+
+#: The closed registry of metric names ``compile(metrics=[...])`` accepts and a model file may hold.
+METRICS = {
+    "accuracy": accuracy_fn, "acc": accuracy_fn,
+    "mse": _mean_squared_error, "mean_squared_error": _mean_squared_error,
+    "mae": _mean_absolute_error, "mean_absolute_error": _mean_absolute_error,
+}
+

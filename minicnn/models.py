@@ -27,57 +27,14 @@ from .layers import InputLayer, Layer
 from .layers import deserialize as deserialize_layer
 from .layers import serialize as serialize_layer
 from .layers.base import format_shape, unique_name
+from .metrics import METRICS
 
 __all__ = ["Sequential", "load_model"]
 
 DEFAULT_BATCH_SIZE = 32
 
 
-# ============================================================================ metrics used by fit
-def binary_accuracy(y_true, y_pred, threshold=0.5):
-    """``mean [y_true == (y_pred > threshold)]`` over every output."""
-    return float(np.mean(np.asarray(y_true) == (y_pred > threshold)))
-
-
-def sparse_categorical_accuracy(y_true, y_pred):
-    """``mean [y_true[n] == argmax_k y_pred[n, k]]`` for integer labels."""
-    return float(np.mean(np.asarray(y_true).reshape(-1) == np.argmax(y_pred, axis=-1)))
-
-
-def categorical_accuracy(y_true, y_pred):
-    """``mean [argmax y_true[n] == argmax y_pred[n]]`` for one-hot targets."""
-    return float(np.mean(np.argmax(y_true, axis=-1) == np.argmax(y_pred, axis=-1)))
-
-
-def accuracy_fn(y_true, y_pred):
-    """Keras's reading of ``metrics=['accuracy']`` from the shapes (``compile_utils.get_metric``).
-
-    One output unit: binary accuracy. Labels of lower rank than the outputs, or a last axis of 1:
-    sparse categorical accuracy. Otherwise (one-hot targets): categorical accuracy.
-    """
-    y_true = np.asarray(y_true)
-    if y_pred.shape[-1] == 1:
-        return binary_accuracy(y_true, y_pred)
-    if y_true.ndim < y_pred.ndim or y_true.shape[-1] == 1:
-        return sparse_categorical_accuracy(y_true, y_pred)
-    return categorical_accuracy(y_true, y_pred)
-
-
-def _mean_squared_error(y_true, y_pred):
-    return float(np.mean((y_pred - y_true) ** 2))
-
-
-def _mean_absolute_error(y_true, y_pred):
-    return float(np.mean(np.abs(y_pred - y_true)))
-
-
-_METRICS = {
-    "accuracy": accuracy_fn, "acc": accuracy_fn,
-    "mse": _mean_squared_error, "mean_squared_error": _mean_squared_error,
-    "mae": _mean_absolute_error, "mean_absolute_error": _mean_absolute_error,
-}
-
-
+# ============================================================================ running means
 class _RunningMeans:
     """Means over the batches seen so far, each batch weighted by its size (as Keras's loss tracker)."""
 
@@ -400,13 +357,13 @@ class Sequential:
             metrics = [metrics]
         resolved = []
         for metric in metrics or []:
-            if isinstance(metric, str) and metric.lower() in _METRICS:
-                resolved.append((metric, _METRICS[metric.lower()]))
+            if isinstance(metric, str) and metric.lower() in METRICS:
+                resolved.append((metric, METRICS[metric.lower()]))
             elif callable(metric) and not isinstance(metric, str):
                 resolved.append((getattr(metric, "__name__", type(metric).__name__), metric))
             else:
                 raise ValueError(
-                    f"Unknown metric. Expected one of {sorted(_METRICS)} or a function (y_true, y_pred) -> float. "
+                    f"Unknown metric. Expected one of {sorted(METRICS)} or a function (y_true, y_pred) -> float. "
                     f"Received: metrics={metrics!r}"
                 )
         self.optimizer, self.loss, self._metrics = optimizer, loss, resolved

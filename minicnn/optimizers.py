@@ -280,7 +280,8 @@ def _is_number(value):
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-_OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+#: The closed registry of optimizer classes a model file may name.
+OPTIMIZERS = {cls.__name__: cls for cls in (SGD, RMSprop, Adam)}
 
 
 def get(identifier):
@@ -289,10 +290,11 @@ def get(identifier):
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier)
-    if isinstance(identifier, str) and identifier.lower() in _OPTIMIZERS:
-        return _OPTIMIZERS[identifier.lower()]()
+    by_name = {name.lower(): cls for name, cls in OPTIMIZERS.items()}
+    if isinstance(identifier, str) and identifier.lower() in by_name:
+        return by_name[identifier.lower()]()
     raise ValueError(
-        f"Unknown optimizer. Expected one of {sorted(_OPTIMIZERS)} or a minicnn.optimizers.Optimizer. "
+        f"Unknown optimizer. Expected one of {sorted(by_name)} or a minicnn.optimizers.Optimizer. "
         f"Received: optimizer={identifier!r}"
     )
 
@@ -300,15 +302,16 @@ def get(identifier):
 def serialize(optimizer):
     """``{"class_name": "Adam", "config": {...}}``, JSON-able.
 
-    A learning-rate schedule with ``get_config`` defined in a ``minicnn`` module is stored as
-    ``{"class_name", "module", "config"}``; any other callable is stored as its current value.
+    A learning-rate schedule from ``minicnn.schedules.SCHEDULES`` is stored as its ``serialize``
+    dict; any other callable is stored as its current value (with a warning).
     """
+    from . import schedules
+
     config = optimizer.get_config()
     lr = optimizer._learning_rate
     if callable(lr):
-        cls = type(lr)
-        if hasattr(lr, "get_config") and cls.__module__.startswith("minicnn."):
-            config["learning_rate"] = {"class_name": cls.__name__, "module": cls.__module__, "config": lr.get_config()}
+        if type(lr) in schedules.SCHEDULES.values():
+            config["learning_rate"] = schedules.serialize(lr)
         else:
             import warnings
 
@@ -321,28 +324,18 @@ def serialize(optimizer):
 
 
 def deserialize(data):
-    """Inverse of ``serialize``; a ValueError for anything it does not know."""
-    import importlib
+    """Inverse of ``serialize``: only classes in ``OPTIMIZERS`` and ``schedules.SCHEDULES``.
 
-    classes = {cls.__name__: cls for cls in _OPTIMIZERS.values()}
-    if not isinstance(data, dict) or data.get("class_name") not in classes:
-        name = data.get("class_name") if isinstance(data, dict) else data
-        raise ValueError(f"Unknown optimizer class {name!r}. Known: {sorted(classes)}")
-    config = dict(data.get("config", {}))
-    lr = config.get("learning_rate")
-    if isinstance(lr, dict):
-        module = lr.get("module", "")
-        if not module.startswith("minicnn."):   # never import anything a file names outside minicnn
-            raise ValueError(f"Learning-rate schedule from unknown module {module!r}")
-        try:
-            cls = getattr(importlib.import_module(module), lr["class_name"])
-        except (ImportError, AttributeError, KeyError) as err:
-            raise ValueError(f"Unknown learning-rate schedule {lr.get('class_name')!r} in {module!r}") from err
-        config["learning_rate"] = cls.from_config(lr["config"]) if hasattr(cls, "from_config") else cls(**lr["config"])
-    try:
-        return classes[data["class_name"]].from_config(config)
-    except TypeError as err:
-        raise ValueError(f"Bad {data['class_name']} config {config!r}: {err}") from err
+    Nothing named in ``data`` is imported or called; anything else is a ValueError.
+    """
+    from . import schedules
+    from .registry import from_config
+
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        lr = data["config"].get("learning_rate")
+        if isinstance(lr, dict):   # a schedule, from its own registry
+            data = {**data, "config": {**data["config"], "learning_rate": schedules.deserialize(lr)}}
+    return from_config(OPTIMIZERS, data, "optimizer")
 
 
 from . import schedules  # noqa: E402, F401  (minicnn.optimizers.schedules.ExponentialDecay, as in Keras)

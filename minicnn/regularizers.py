@@ -17,6 +17,10 @@ class Regularizer:
     def get_config(self):
         return {}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
 
 class L1L2(Regularizer):
     """``penalty = l1 * sum|w| + l2 * sum w**2``;  ``gradient = l1 * sign(w) + 2 * l2 * w`` (Keras's form)."""
@@ -52,12 +56,16 @@ def l1_l2(l1=0.01, l2=0.01):
     return L1L2(l1=l1, l2=l2)
 
 
+#: The closed registry of regularizer classes a layer config (and so a model file) may name.
+REGULARIZERS = {"L1L2": L1L2}
+
+
 def get(identifier):
-    """None, a Regularizer, a saved config dict, or 'l1' / 'l2' / 'l1_l2' with Keras's defaults."""
+    """None, a Regularizer, a saved ``serialize`` dict, or 'l1' / 'l2' / 'l1_l2' with Keras's defaults."""
     if identifier is None or isinstance(identifier, Regularizer):
         return identifier
     if isinstance(identifier, dict):
-        return L1L2(**identifier.get("config", identifier))
+        return deserialize(identifier)
     table = {"l1": l1, "l2": l2, "l1_l2": l1_l2}
     if isinstance(identifier, str) and identifier in table:
         return table[identifier]()
@@ -65,4 +73,11 @@ def get(identifier):
 
 
 def serialize(regularizer):
-    return None if regularizer is None else {"class_name": "L1L2", "config": regularizer.get_config()}
+    return None if regularizer is None else {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+
+
+def deserialize(data):
+    """Inverse of ``serialize``: only classes in ``REGULARIZERS``."""
+    from .registry import from_config
+
+    return from_config(REGULARIZERS, data, "regularizer")

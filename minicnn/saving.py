@@ -120,9 +120,9 @@ def _compile_settings(model):
 
 
 def _known_metric(name):
-    from .models import _METRICS
+    from .metrics import METRICS
 
-    return _METRICS.get(name.lower())
+    return METRICS.get(name.lower())
 
 
 def save_model(model, path, overwrite=True):

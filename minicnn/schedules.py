@@ -11,7 +11,8 @@ first update uses ``schedule(0)`` (Keras passes ``optimizer.iterations``; so doe
 rates at once, handy for plotting a schedule before training.
 
 Schedules are saved with the optimizer: ``serialize`` gives ``{"class_name", "module", "config"}``
-(the form ``minicnn.optimizers.serialize`` stores) and ``deserialize``/``get`` rebuild them.
+(the form ``minicnn.optimizers.serialize`` stores) and ``deserialize``/``get`` rebuild them, from the
+classes in ``SCHEDULES`` only.
 """
 
 import math
@@ -227,22 +228,28 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         return {"boundaries": list(self.boundaries), "values": list(self.values), "name": self.name}
 
 
-_SCHEDULES = {cls.__name__: cls for cls in (ExponentialDecay, CosineDecay, PiecewiseConstantDecay)}
+#: The closed registry of schedule classes a model file may name.
+SCHEDULES = {cls.__name__: cls for cls in (ExponentialDecay, CosineDecay, PiecewiseConstantDecay)}
 
 
 def serialize(schedule):
-    """``{"class_name": ..., "module": "minicnn.schedules", "config": {...}}``, JSON-able."""
-    if not isinstance(schedule, LearningRateSchedule):
-        raise ValueError(f"serialize expects a LearningRateSchedule. Received: {schedule!r}")
-    return {"class_name": type(schedule).__name__, "module": type(schedule).__module__, "config": schedule.get_config()}
+    """``{"class_name": ..., "module": "minicnn.schedules", "config": {...}}``, JSON-able.
+
+    ``module`` is informative (and checked on load as a plain string); nothing is imported from it.
+    """
+    if type(schedule) not in SCHEDULES.values():
+        raise ValueError(f"serialize expects one of {sorted(SCHEDULES)}. Received: {schedule!r}")
+    return {"class_name": type(schedule).__name__, "module": __name__, "config": schedule.get_config()}
 
 
 def deserialize(data):
-    """Inverse of ``serialize``; a ValueError for a class it does not know."""
-    name = data.get("class_name") if isinstance(data, dict) else None
-    if name not in _SCHEDULES or data.get("module", __name__) != __name__:
-        raise ValueError(f"Unknown learning-rate schedule {data!r}. Known: {sorted(_SCHEDULES)} (module {__name__!r})")
-    return _SCHEDULES[name].from_config(dict(data.get("config", {})))
+    """Inverse of ``serialize``: only classes in ``SCHEDULES``; a ValueError for anything else."""
+    from .registry import from_config, short
+
+    if isinstance(data, dict) and data.get("module", __name__) != __name__:
+        raise ValueError(f"Unknown learning-rate schedule {short(data)}: module must be {__name__!r}. "
+                         f"Known: {sorted(SCHEDULES)}")
+    return from_config(SCHEDULES, data, "learning-rate schedule")
 
 
 def get(identifier):

@@ -26,26 +26,30 @@ from .preprocessing import (
     Resizing,
 )
 from .reshaping import ZeroPadding2D
+from ..registry import from_config
 
 _BUILTIN = [
     Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, ELU, Flatten, GlobalAveragePooling2D,
     GlobalMaxPooling2D, InputLayer, LeakyReLU, MaxPooling2D, Normalization, RandomContrast, RandomFlip,
     RandomRotation, RandomTranslation, RandomZoom, ReLU, Rescaling, Resizing, Softmax, ZeroPadding2D,
 ]
-_REGISTRY = {cls.__name__: cls for cls in _BUILTIN}
+#: The closed registry of layer classes a model file may name (``register`` adds a learner's own).
+LAYERS = {cls.__name__: cls for cls in _BUILTIN}
 
 
 def register(cls):
     """Make a Layer subclass loadable by name from saved models (``@register`` on the class)."""
-    _REGISTRY[cls.__name__] = cls
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register expects a Layer subclass. Received: {cls!r}")
+    LAYERS[cls.__name__] = cls
     return cls
 
 
 def get(class_name):
     """The layer class saved under ``class_name``."""
-    if class_name not in _REGISTRY:
-        raise ValueError(f"Unknown layer class {class_name!r}. Known: {sorted(_REGISTRY)}")
-    return _REGISTRY[class_name]
+    if not isinstance(class_name, str) or class_name not in LAYERS:
+        raise ValueError(f"Unknown layer class {class_name!r}. Known: {sorted(LAYERS)}")
+    return LAYERS[class_name]
 
 
 def serialize(layer):
@@ -54,10 +58,11 @@ def serialize(layer):
 
 
 def deserialize(data):
-    return get(data["class_name"]).from_config(data["config"])
+    """Inverse of ``serialize``: only classes in ``LAYERS``; nothing a file names is imported."""
+    return from_config(LAYERS, data, "layer")
 
 
 __all__ = [cls.__name__ for cls in _BUILTIN] + [
     "Layer", "Input", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D",
-    "register", "get", "serialize", "deserialize",
+    "LAYERS", "register", "get", "serialize", "deserialize",
 ]

@@ -94,9 +94,9 @@ class BatchNormalization(Layer):
             "moving_variance_initializer": moving_variance_initializer,
         }
         for arg, value in inits.items():
-            if not callable(value) and not (isinstance(value, str) and value.lower() in initializers._INITIALIZERS):
+            if not callable(value) and not (isinstance(value, str) and value.lower() in initializers.INITIALIZERS):
                 raise ValueError(
-                    f"{label}: unknown `{arg}`. Expected one of {sorted(initializers._INITIALIZERS)} or a callable. "
+                    f"{label}: unknown `{arg}`. Expected one of {sorted(initializers.INITIALIZERS)} or a callable. "
                     f"Received: {arg}={value!r}"
                 )
         self.axis = int(axis)
