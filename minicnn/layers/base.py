@@ -146,6 +146,13 @@ class Layer:
     def _build(self, input_shape):
         """Create ``self.params`` (and non-trainable state). Layers without weights do nothing."""
 
+    def weight_shapes(self, input_shape):
+        """``{name: shape}`` of the arrays ``build(input_shape)`` creates, in ``weight_names`` order.
+
+        Pure and cheap: a loader compares a file's arrays with these before allocating any weight.
+        """
+        return {}
+
     def add_weight(self, name, shape, initializer):
         """Create ``params[name]`` of ``shape`` in this layer's dtype from ``initializer``."""
         from .. import initializers

@@ -95,6 +95,10 @@ class Conv2D(Layer):
             out.append(n)
         return (input_shape[0], out[0], out[1], self.filters)
 
+    def weight_shapes(self, input_shape):
+        shapes = {"kernel": (*self.kernel_size, input_shape[-1], self.filters)}   # (KH, KW, C, F)
+        return {**shapes, "bias": (self.filters,)} if self.use_bias else shapes
+
     def _build(self, input_shape):
         channels = input_shape[-1]
         self.add_weight("kernel", (*self.kernel_size, channels, self.filters), self.kernel_initializer)

@@ -51,6 +51,10 @@ class Dense(Layer):
             )
         return (input_shape[0], self.units)
 
+    def weight_shapes(self, input_shape):
+        shapes = {"kernel": (input_shape[-1], self.units)}
+        return {**shapes, "bias": (self.units,)} if self.use_bias else shapes
+
     def _build(self, input_shape):
         self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer)
         if self.use_bias:

@@ -127,6 +127,11 @@ class BatchNormalization(Layer):
             )
         return tuple(input_shape)
 
+    def weight_shapes(self, input_shape):
+        channels = (input_shape[self._channel_axis(len(input_shape))],)
+        names = ["gamma"] * self.scale + ["beta"] * self.center + ["moving_mean", "moving_variance"]
+        return {name: channels for name in names}
+
     def _build(self, input_shape):
         channels = input_shape[self._channel_axis(len(input_shape))]
         if self.scale:

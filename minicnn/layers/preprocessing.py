@@ -208,6 +208,9 @@ class Normalization(Layer):
     def _stat_shape(self, input_shape):
         return tuple(input_shape[a] for a in self._keep_axes(len(input_shape)))
 
+    def weight_shapes(self, input_shape):
+        return {"mean": self._stat_shape(input_shape), "variance": self._stat_shape(input_shape)}
+
     def _build(self, input_shape):
         shape = self._stat_shape(input_shape)
         if self._mean_arg is not None:
