@@ -387,7 +387,8 @@ class ModelCheckpoint(Callback):
 
     ``filepath`` may contain ``{epoch:02d}`` and any log key, e.g. ``'ckpt-{epoch:02d}-{val_loss:.2f}.npz'``;
     minicnn files are ``.npz`` (the suffix is added when missing). Saves are atomic: a crash while
-    saving leaves the previous file intact.
+    saving leaves the previous file intact. A model whose weights hold NaN or inf (a run that
+    diverged) is never saved: the callback warns and the last good file stays.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
@@ -415,7 +416,14 @@ class ModelCheckpoint(Callback):
                 f"(available: epoch, {', '.join(logs)})"
             ) from None
 
-    def _save(self, path):
+    def _save(self, path, epoch, message):
+        bad = sum(int(w.size - np.count_nonzero(np.isfinite(w))) for w in self.model.weights)
+        if bad:
+            warnings.warn(f"ModelCheckpoint: epoch {epoch + 1}: {bad} weights are NaN or infinite; not saving "
+                          f"to {path} (the last good checkpoint, if any, is kept).", stacklevel=3)
+            return False
+        if self.verbose > 0:
+            _print(message)
         dirname = os.path.dirname(path)
         if dirname:
             os.makedirs(dirname, exist_ok=True)
@@ -423,24 +431,22 @@ class ModelCheckpoint(Callback):
             self.model.save_weights(path)
         else:
             self.model.save(path)
+        return True
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         path = self._path(epoch, logs)
         if not self.save_best_only:
-            if self.verbose > 0:
-                _print(f"\nEpoch {epoch + 1}: saving model to {path}")
-            self._save(path)
+            self._save(path, epoch, f"\nEpoch {epoch + 1}: saving model to {path}")
             return
         current = logs.get(self.monitor)
         if current is None:
             warnings.warn(f"Can save best model only with {self.monitor} available, skipping.", stacklevel=2)
         elif self.monitor_op(current, self.best):
-            if self.verbose > 0:
-                _print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+            message = (f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
                        f"saving model to {path}")
-            self.best = current
-            self._save(path)
+            if self._save(path, epoch, message):
+                self.best = current
         elif self.verbose > 0:
             _print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
 

@@ -12,11 +12,17 @@ split, running means of loss and accuracy, callbacks, a progress bar and the ``H
 
 Everything a user passes in is checked before any weight or optimizer state changes, with errors
 that say what was expected and what was received.
+
+Threads: a model is used by one thread at a time. Its layers keep the last batch's arrays for
+backward, so ``fit`` in one thread and ``predict`` in another would read each other's caches; the
+second call raises a RuntimeError instead. Use one model per thread (``load_model`` a copy).
 """
 
+import functools
 import math
 import shutil
 import textwrap
+import threading
 import warnings
 
 import numpy as np
@@ -59,7 +65,10 @@ def _is_dataset(x):
 
 
 class _ArrayData:
-    """Batches of in-memory arrays: ``ceil(n / batch_size)`` steps, the last one possibly partial."""
+    """Batches of in-memory arrays: ``ceil(n / batch_size)`` steps, the last one possibly partial.
+
+    ``shuffle`` is False or the generator that draws each epoch's order (the model's own).
+    """
 
     def __init__(self, x, y, batch_size, shuffle):
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
@@ -67,7 +76,7 @@ class _ArrayData:
 
     def batches(self):
         n = len(self.x)
-        order = config.rng().permutation(n) if self.shuffle else None
+        order = self.shuffle.permutation(n) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             if order is None:
                 pick = slice(start, start + self.batch_size)
@@ -131,6 +140,55 @@ def _count_bad(a):
     return nan, int(a.size - finite.sum()) - nan
 
 
+def _finite_after_cast(a, dtype, name, hint=""):
+    """``a`` cast to ``dtype``, or a ValueError counting the NaN/inf entries *after* the cast.
+
+    The check runs on the cast array: 1e39 is finite in float64 but ``inf`` in float32.
+    """
+    cast = a.astype(dtype, copy=False)
+    nan, inf = _count_bad(cast)
+    if nan or inf:
+        overflow = _count_bad(a) != (nan, inf)
+        raise ValueError(
+            f"`{name}` contains {nan} NaN and {inf} infinite value(s) out of {a.size}"
+            + (f" after conversion to {np.dtype(dtype).name} (values beyond +-{np.finfo(dtype).max:.3g} overflow)"
+               if overflow else "") + "." + hint
+        )
+    return cast
+
+
+_owners_lock = threading.Lock()
+
+
+def _one_thread(method):
+    """Let one thread at a time into the model's methods that run layers (they share the layers' caches).
+
+    The same thread may re-enter (a callback calling ``predict`` inside ``fit``); another thread gets
+    a RuntimeError at once instead of silently corrupting the running call.
+    """
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        me = threading.get_ident()
+        with _owners_lock:
+            owner = self.__dict__.get("_owner")
+            if owner is not None and owner[0] != me:
+                raise RuntimeError(
+                    f"Model '{self.name}' is running {owner[1]}() in another thread; {method.__name__}() cannot run "
+                    "at the same time (the layers keep per-call caches). Use one model per thread, or wait."
+                )
+            self._owner = (me, method.__name__) if owner is None else owner
+            self._depth = self.__dict__.get("_depth", 0) + 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with _owners_lock:
+                self._depth -= 1
+                if not self._depth:
+                    self._owner = None
+
+    return guarded
+
+
 # ============================================================================ the model
 class Sequential:
     """A linear stack of layers, as ``keras.Sequential``.
@@ -166,6 +224,7 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self.class_names = None
+        self._shuffle_rng = None   # created by the first shuffling fit; saved with the model
         for layer in layers or []:
             self.add(layer)
 
@@ -382,6 +441,7 @@ class Sequential:
             raise RuntimeError(f"Model '{self.name}' has no layers: `add` some before calling `{method}()`.")
 
     # ------------------------------------------------------------------------ forward, loss, backward
+    @_one_thread
     def __call__(self, x, training=False):
         """``model(x)``: the outputs for a batch ``x`` (building the model on first use)."""
         x = np.asarray(x)
@@ -443,12 +503,14 @@ class Sequential:
     def _batch_logs(self, loss, y, y_pred):
         return {"loss": loss, **{name: fn(y, y_pred) for name, fn in self._metrics}}
 
+    @_one_thread
     def compute_loss(self, x, y, training=False):
         """The compiled loss (plus weight penalties) on ``(x, y)``, as a float. Changes no weights."""
         self._check_compiled("compute_loss")
         x, y = self._check_arrays(x, y)
         return self.loss(y, self._forward(x, training)) + self._penalty()
 
+    @_one_thread
     def compute_gradients(self, x, y):
         """Forward (training mode) and backward on ``(x, y)``: fills every ``layer.grads``, updates nothing.
 
@@ -500,13 +562,7 @@ class Sequential:
             )
         if expected is None:
             self._shapes((None, *x.shape[1:]))   # raises if the layers cannot take this shape
-        nan, inf = _count_bad(x)
-        if nan or inf:
-            raise ValueError(
-                f"`{name}` contains {nan} NaN and {inf} infinite value(s) out of {x.size}. "
-                "Clean or impute them before training (e.g. np.nan_to_num)."
-            )
-        return x.astype(self._dtype(), copy=False)
+        return _finite_after_cast(x, self._dtype(), name, " Clean or impute them before training (e.g. np.nan_to_num).")
 
     def _check_y(self, y, n, output_shape, name="y"):
         """``y`` in the form the loss expects, after checking type, length, shape and values."""
@@ -524,19 +580,18 @@ class Sequential:
                 "Data cardinality is ambiguous. Make sure all arrays contain the same number of samples. "
                 f"'x' sizes: {n}, '{name}' sizes: {got}"
             )
-        nan, inf = _count_bad(y)
-        if nan or inf:
-            raise ValueError(f"`{name}` contains {nan} NaN and {inf} infinite value(s) out of {y.size}.")
         out = (n, *output_shape[1:])
         if isinstance(self.loss, losses.SparseCategoricalCrossentropy):
+            _finite_after_cast(y, y.dtype, name)
             self.loss.check_targets(y, out)
             return y
         if y.shape == out[:-1] and out[-1] == 1:
             y = y.reshape(out)   # labels (N,) for a single output unit (N, 1), as Keras allows
         if y.shape != out:
             raise ValueError(_target_shape_message(self.loss, y, out, name))
+        y = _finite_after_cast(y, self._dtype(), name)
         self.loss.check_targets(y, out)
-        return y.astype(self._dtype(), copy=False)
+        return y
 
     def _check_arrays(self, x, y=None, need_y=True, expected=None):
         """Checked ``(x, y)``; builds nothing. ``y`` is checked against the output shape for ``x``."""
@@ -568,6 +623,7 @@ class Sequential:
         return _ArrayData(x, y, batch_size, shuffle)
 
     # ------------------------------------------------------------------------ training
+    @_one_thread
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
         """Train for ``epochs - initial_epoch`` passes over the data; returns a ``History``.
@@ -588,7 +644,9 @@ class Sequential:
             Hold out the **last** fraction of the arrays (before shuffling) for validation, as Keras.
         validation_data : (x_val, y_val) or an iterable of batches; overrides ``validation_split``.
         shuffle : bool
-            Shuffle the training samples every epoch (with ``minicnn.config.rng()``).
+            Shuffle the training arrays every epoch, with the model's own generator (seeded from
+            ``minicnn.config.rng()`` by the first fit, and saved by ``save``: a resumed run shuffles
+            as the uninterrupted one). A dataset shuffles itself.
         initial_epoch : int
 
         Returns
@@ -621,6 +679,8 @@ class Sequential:
             train = _ArrayData(train.x[:split_at], train.y[:split_at], train.batch_size, train.shuffle)
         if isinstance(train, _ArrayData) and not self.built:
             self.build(train.x.shape)   # every check passed: now weights may be created
+        if isinstance(train, _ArrayData) and train.shuffle:
+            train.shuffle = self._shuffle_generator()
 
         cbs = callbacks_module.CallbackList(callbacks, model=self, add_history=True, add_progbar=verbose != 0,
                                             verbose=verbose, epochs=epochs, steps=train.steps)
@@ -643,6 +703,16 @@ class Sequential:
         cbs.on_train_end(logs)
         self.history = cbs.history
         return cbs.history
+
+    def _shuffle_generator(self):
+        """The model's own generator of epoch orders, seeded once from ``config.rng()``.
+
+        It is saved with the model, so training resumed from a file (even in a new process)
+        shuffles exactly as the interrupted run would have.
+        """
+        if self._shuffle_rng is None:
+            self._shuffle_rng = np.random.default_rng(config.rng().integers(2**63))
+        return self._shuffle_rng
 
     def _validation_data(self, data, batch_size, expected):
         if _is_dataset(data):
@@ -684,6 +754,7 @@ class Sequential:
         cbs.on_test_end(logs)
         return logs
 
+    @_one_thread
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False, callbacks=None):
         """Loss and metrics on ``(x, y)`` in inference mode: ``[loss, accuracy]`` (a float without metrics)."""
         self._check_compiled("evaluate")
@@ -703,6 +774,7 @@ class Sequential:
             return logs["loss"]
         return [logs[name] for name in self.metrics_names]
 
+    @_one_thread
     def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
         """The model's outputs for ``x`` (e.g. class probabilities of shape (N, K)), batch by batch."""
         verbose = _check_verbose(verbose)
@@ -724,6 +796,7 @@ class Sequential:
             raise ValueError("`predict` received no batches.")
         return np.concatenate(outputs)
 
+    @_one_thread
     def train_on_batch(self, x, y):
         """One optimizer step on this batch; returns ``[loss, accuracy]`` (the loss alone without metrics)."""
         self._check_compiled("train_on_batch")
@@ -733,6 +806,7 @@ class Sequential:
         loss, y_pred = self.train_step(x, y)
         return self._results(self._batch_logs(loss, y, y_pred), False)
 
+    @_one_thread
     def test_on_batch(self, x, y):
         """``[loss, accuracy]`` on this batch in inference mode; changes nothing."""
         self._check_compiled("test_on_batch")
@@ -742,6 +816,7 @@ class Sequential:
         loss, y_pred = self.test_step(x, y)
         return self._results(self._batch_logs(loss, y, y_pred), False)
 
+    @_one_thread
     def predict_on_batch(self, x):
         """The outputs for one batch, in inference mode."""
         x, _ = self._check_arrays(x, need_y=False)
@@ -750,6 +825,7 @@ class Sequential:
         return self._forward(x, training=False)
 
     # ------------------------------------------------------------------------ saving
+    @_one_thread
     def save(self, filepath, overwrite=True):
         """Write architecture, weights, compile settings and optimizer state to one ``.npz`` file.
 
@@ -758,10 +834,12 @@ class Sequential:
         """
         return saving.save_model(self, filepath, overwrite=overwrite)
 
+    @_one_thread
     def save_weights(self, filepath, overwrite=True):
         """Write only the weights (``.npz``); ``load_weights`` reads them back into the same architecture."""
         return saving.save_weights(self, filepath, overwrite=overwrite)
 
+    @_one_thread
     def load_weights(self, filepath):
         """Read weights saved by ``save_weights`` (or ``save``) into this model; checked before any change."""
         saving.load_weights(self, filepath)

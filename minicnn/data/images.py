@@ -62,7 +62,8 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="bilinear")
 
     Returns
     -------
-    PIL.Image.Image in mode 'RGB', 'L' or 'RGBA'. Unreadable files raise Pillow's errors
+    PIL.Image.Image in mode 'RGB', 'L' or 'RGBA', 8 bits per channel (see ``to_8bit`` for how 16-bit,
+    32-bit and float images are scaled). Unreadable files raise Pillow's errors
     (``PIL.UnidentifiedImageError``, an OSError, for a file that is not an image).
     """
     from PIL import Image
@@ -76,6 +77,7 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="bilinear")
         with open(path, "rb") as f:   # read fully, so no file handle outlives the call
             img = Image.open(io.BytesIO(f.read()))
     img.load()   # decode now: a corrupt file fails here, not later
+    img = to_8bit(img)
     mode = COLOR_MODES[color_mode][0]
     if img.mode != mode:
         img = img.convert(mode)
@@ -84,6 +86,39 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="bilinear")
         if img.size != (width, height):
             img = img.resize((width, height), resample)
     return img
+
+
+def to_8bit(img):
+    """``img`` with 8-bit samples (0..255), scaled rather than clipped; 8-bit modes are returned as is.
+
+    ==================  =======================  ==========================================
+    Pillow mode         samples                  becomes
+    ==================  =======================  ==========================================
+    1, L, LA, P, RGB,   0..255 (1: 0 or 1)       unchanged (``convert`` gives 1 -> 0/255)
+    RGBA, CMYK, ...
+    I;16, I;16B, ...    uint16 0..65535          L, ``round(v / 257)`` (65535 -> 255)
+    I                   int32, 16-bit PNG/TIFF   L, ``round(v / 257)``; outside 0..65535 refused
+    F                   float32 in [0, 1]        L, ``round(255 v)``; outside [0, 1] or NaN refused
+    ==================  =======================  ==========================================
+
+    Pillow's own ``convert('L')`` clips those modes at 255 instead, so a 16-bit ramp turns into
+    {0, 255}. Refused images raise a ValueError that names the mode and the range found.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return img
+    x = np.asarray(img)
+    if mode == "F":
+        lo, hi, scale = 0.0, 1.0, 255.0
+    else:   # I;16*, I: 16-bit samples (Pillow turns I;16 into I for many operations)
+        lo, hi, scale = 0, 65535, 1 / 257
+    if x.size and (np.isnan(x).any() or x.min() < lo or x.max() > hi):
+        found = "NaN" if np.isnan(x).any() else f"[{x.min()}, {x.max()}]"
+        raise ValueError(f"Image mode {mode!r} with values {found}: minicnn reads this mode as values in "
+                         f"[{lo}, {hi}]. Convert the image to 8 bits first.")
+    return Image.fromarray(np.rint(x.astype(np.float64) * scale).astype(np.uint8))   # 2-D uint8: mode L
 
 
 def img_to_array(img, dtype=None):
