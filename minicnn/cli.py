@@ -1,13 +1,17 @@
 """The ``minicnn`` command: train, evaluate, predict, gradcheck, bench, info.
 
-``minicnn ...`` and ``python -m minicnn ...`` are the same program. Errors a user can cause
-(a missing file, a wrong model file, an unreadable image) print one line and exit with status 1.
+``minicnn ...`` and ``python -m minicnn ...`` are the same program. Every command first checks
+all its arguments (``check_<command>``: numbers in range, files present, ``--out`` a writable
+folder), before it prints or trains anything. Errors a user can cause (a bad argument, a missing
+file, a wrong model file, an unreadable image) print one line naming the value and what to do,
+and exit with status 1; no error shows a traceback.
 """
 
 import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -15,6 +19,70 @@ import numpy as np
 
 class CLIError(Exception):
     """An error to report in one line, without a traceback."""
+
+
+DATASETS = ("sample", "fashion-mnist", "fashion_mnist", "mnist", "cifar10")
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _at_least(args, name, minimum, flag=None):
+    value = getattr(args, name)
+    if value is not None and value < minimum:
+        raise CLIError(f"{flag or '--' + name.replace('_', '-')} must be at least {minimum}. Received: {value}")
+
+
+def _check_dataset(name):
+    if name not in DATASETS and not os.path.isdir(name):
+        raise CLIError(f"unknown dataset {name!r}: use {', '.join(DATASETS[:2] + DATASETS[3:])} or a folder of images")
+
+
+def _check_file(path, what):
+    if not os.path.isfile(path):
+        raise CLIError(f"{what} not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
+
+
+def _check_out_folder(out):
+    """Make ``out`` (a folder) and prove that a file can be written in it, before any training."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out {out} is a file, not a folder: give a folder name (it is created if missing)")
+    target = os.path.join(out, "model.npz")
+    if os.path.isdir(target):
+        raise CLIError(f"--out {out}: {target} is a folder; the model file cannot be written there")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise CLIError(f"--out {out} is not a writable folder ({err.strerror or err}): choose another --out") from None
+
+
+def check_train(args):
+    """Every ``train`` argument, before anything is loaded, printed or trained; makes ``--out``."""
+    from . import zoo
+
+    _at_least(args, "epochs", 1)
+    _at_least(args, "batch_size", 1)
+    _at_least(args, "seed", 0)
+    if not 0 <= args.validation_split < 1:
+        raise CLIError(f"--validation-split must be in [0, 1). Received: {args.validation_split}")
+    if args.image_size is not None and min(args.image_size) < 1:
+        raise CLIError(f"--image-size must be two positive integers. Received: {' '.join(map(str, args.image_size))}")
+    _check_dataset(args.dataset)
+    if args.model not in zoo.MODELS:
+        _check_file(args.model, f"--model is not one of {', '.join(sorted(zoo.MODELS))}, and the model file is")
+    _check_out_folder(args.out)
+
+
+def check_evaluate(args):
+    _check_file(args.model, "model file")
+    _check_dataset(args.dataset)
+
+
+def check_predict(args):
+    _check_file(args.model, "model file")
+    for path in args.images:
+        _check_file(path, "image")
+    _at_least(args, "top_k", 1)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -39,7 +107,7 @@ def load_dataset(name, seed=None, image_size=None, batch_size=32):
     elif os.path.isdir(name):
         return _load_folder(name, seed, image_size or (64, 64), batch_size)
     else:
-        raise CLIError(f"unknown dataset {name!r}: use sample, fashion-mnist, mnist, cifar10 or a folder of images")
+        _check_dataset(name)
     if x.ndim == 3:   # (N, 28, 28) -> (N, 28, 28, 1): NHWC with one channel
         x, xt = x[..., None], xt[..., None]
     return (x, np.asarray(y).reshape(-1)), (xt, np.asarray(yt).reshape(-1)), list(classes)
@@ -84,23 +152,26 @@ def cmd_train(args):
 
     if args.seed is not None:
         set_random_seed(args.seed)
+    loaded = None if args.model in zoo.MODELS else _load_model_or_fail(load_model, args.model, compile=False)
     train, test, class_names = load_dataset(args.dataset, args.seed, args.image_size, args.batch_size)
     streaming = not isinstance(train, tuple)
     if streaming:
         input_shape, fit_args = train.element_shape, (train,)
     else:
         input_shape, fit_args = train[0].shape[1:], train
-    if args.model in zoo.MODELS:
+    if loaded is None:
         model = zoo.MODELS[args.model](input_shape, len(class_names), augment=args.augment)
-        model.compile(optimizer=_optimizer(args, train, streaming), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
     else:
-        model = _load_model_or_fail(load_model, args.model)
+        model = _fits_the_data(loaded, args.model, tuple(input_shape), class_names)
+    optimizer = _optimizer(args, train, streaming)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.class_names = class_names
     model.summary()
+    if loaded is not None:
+        print(f"Continuing from {args.model} with a fresh Adam optimizer: learning rate 1e-3 decaying to 0 "
+              f"over this run's {optimizer._learning_rate.decay_steps} steps (the file's optimizer state is not used).")
 
     out = args.out
-    os.makedirs(out, exist_ok=True)
     fit_kw = dict(epochs=args.epochs, verbose=1)
     if streaming:
         fit_kw["validation_data"] = test
@@ -109,6 +180,9 @@ def cmd_train(args):
     start = time.perf_counter()
     history = model.fit(*fit_args, **fit_kw)
     seconds = time.perf_counter() - start
+    if not history.epoch:
+        raise CLIError(f"no training batch could be read from {args.dataset} (every image failed to decode?); "
+                       "nothing was saved")
 
     y_true, y_prob = _predict_all(model, test)
     y_pred = y_prob.argmax(axis=1)
@@ -129,6 +203,8 @@ def _predict_all(model, data):
     for xb, yb in data:
         ys.append(np.asarray(yb).reshape(len(xb), -1).argmax(1) if np.ndim(yb) == 2 else np.asarray(yb))
         ps.append(model.predict_on_batch(xb))
+    if not ys:
+        raise CLIError("the test data yielded no images (every image failed to decode?)")
     return np.concatenate(ys), np.concatenate(ps)
 
 
@@ -143,13 +219,25 @@ def _write_pictures(out, history, y_true, y_pred, class_names):
     plotting.save_figure(plotting.plot_confusion_matrix(cm, class_names=class_names).figure, os.path.join(out, "confusion_matrix.png"))
 
 
-def _load_model_or_fail(load_model, path):
+def _load_model_or_fail(load_model, path, compile=False):
+    """The model in ``path``; without its optimizer unless ``compile`` (predicting needs none)."""
     if not os.path.exists(path):
         raise CLIError(f"model file not found: {path}")
     try:
-        return load_model(path)
+        return load_model(path, compile=compile)
     except ValueError as err:
-        raise CLIError(f"{path} is not a minicnn model file: {err}") from None
+        raise CLIError(f"cannot load {path} as a minicnn model: {err}") from None
+
+
+def _fits_the_data(model, path, input_shape, class_names):
+    """``model`` if it takes images of ``input_shape`` and has one output per class, else a CLIError."""
+    if not model.built or tuple(model.input_shape[1:]) != input_shape:
+        expected = "unknown" if not model.built else tuple(model.input_shape[1:])
+        raise CLIError(f"{path} takes images of shape {expected} but the dataset's are {input_shape}: "
+                       "use --image-size or a matching dataset")
+    if model.output_shape[-1] != len(class_names):
+        raise CLIError(f"{path} has {model.output_shape[-1]} outputs but the dataset has {len(class_names)} classes")
+    return model
 
 
 def cmd_evaluate(args):
@@ -184,7 +272,7 @@ def cmd_predict(args):
             raise CLIError(f"cannot read image {path}: {err}") from None
     probs = model.predict(np.stack(images), verbose=0)
     names = getattr(model, "class_names", None) or [str(i) for i in range(probs.shape[1])]
-    k = max(1, min(args.top_k, probs.shape[1]))
+    k = min(args.top_k, probs.shape[1])
     for path, p in zip(args.images, probs):
         best = np.argsort(-p, kind="stable")[:k]
         print(f"{path}: " + ", ".join(f"{names[i]} ({p[i]:.1%})" for i in best))
@@ -257,18 +345,18 @@ def build_parser():
     train.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize folder images (default 64 64)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--out", default="minicnn-run", help="output folder (default: ./minicnn-run)")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, check=check_train)
 
     evaluate = sub.add_parser("evaluate", help="accuracy and per-class report of a saved model")
     evaluate.add_argument("model")
     evaluate.add_argument("--dataset", default="sample")
-    evaluate.set_defaults(func=cmd_evaluate)
+    evaluate.set_defaults(func=cmd_evaluate, check=check_evaluate)
 
     predict = sub.add_parser("predict", help="classify image files with a saved model")
     predict.add_argument("model")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
-    predict.set_defaults(func=cmd_predict)
+    predict.set_defaults(func=cmd_predict, check=check_predict)
 
     info = sub.add_parser("info", help="versions, backend, threads, Numba cache folder, datasets found")
     info.set_defaults(func=cmd_info)
@@ -285,16 +373,21 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        getattr(args, "check", lambda args: None)(args)
         return args.func(args)
     except CLIError as err:
         print(f"minicnn: error: {err}", file=sys.stderr)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        print(f"minicnn: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+    except OSError as err:
+        where = f": {err.filename}" if err.filename and str(err.filename) not in str(err.strerror or err) else ""
+        print(f"minicnn: error: {err.strerror or err}{where}", file=sys.stderr)
     except (ValueError, RuntimeError) as err:
         print(f"minicnn: error: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         print("minicnn: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:   # a bug of ours: still one line, with what to report
+        print(f"minicnn: internal error ({type(err).__name__}: {err}); please report it with the command line",
+              file=sys.stderr)
     return 1
 
 

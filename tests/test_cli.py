@@ -58,7 +58,7 @@ def test_evaluate_prints_accuracy_and_report(trained, capsys):
         (["evaluate", "missing.npz"], "model file not found: missing.npz"),
         (["predict", "{model}", "missing.png"], "image not found: missing.png"),
         (["predict", "{model}", "{bad_image}"], "cannot read image"),
-        (["evaluate", "{bad_image}"], "is not a minicnn model file"),
+        (["evaluate", "{bad_image}"], "as a minicnn model"),
         (["train", "--dataset", "nowhere-data"], "unknown dataset 'nowhere-data'"),
     ],
 )
