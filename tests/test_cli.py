@@ -112,3 +112,83 @@ def test_train_decays_the_learning_rate_to_zero_over_the_run(validation_split, e
     steps = np.arange(expected_steps + 1)
     np.testing.assert_allclose([schedule(s) for s in steps], 0.5e-3 * (1 + np.cos(np.pi * steps / expected_steps)),
                                rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------ argument checks
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--batch-size", "0"], "--batch-size must be at least 1. Received: 0"),
+        (["train", "--epochs", "0"], "--epochs must be at least 1. Received: 0"),
+        (["train", "--seed", "-1"], "--seed must be at least 0"),
+        (["train", "--validation-split", "1"], "--validation-split must be in [0, 1)"),
+        (["train", "--validation-split", "nan"], "--validation-split must be in [0, 1)"),
+        (["train", "--image-size", "0", "8"], "--image-size must be two positive integers"),
+        (["train", "--model", "nowhere.npz"], "the model file is not found: nowhere.npz"),
+        (["train", "--out", "{a_file}"], "is a file, not a folder"),
+        (["train", "--out", "{a_file}/run"], "is not a writable folder"),
+        (["train", "--out", "{model_dir_run}"], "model.npz is a folder"),
+        (["predict", "{model}", "{image}", "--top-k", "0"], "--top-k must be at least 1. Received: 0"),
+        (["evaluate", "{image}", "--dataset", "nowhere-data"], "unknown dataset 'nowhere-data'"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_is_printed_or_written(trained, tmp_path, capsys, argv, message):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    (tmp_path / "run2" / "model.npz").mkdir(parents=True)
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    argv = [a.format(model=trained / "model.npz", image=image, a_file=a_file, model_dir_run=tmp_path / "run2") for a in argv]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""   # nothing printed, nothing trained
+    assert captured.err.startswith("minicnn: error: ") and message in captured.err, captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before   # nothing written
+
+
+def test_a_model_whose_class_names_do_not_match_its_outputs_is_refused_in_one_line(trained, tmp_path, capsys):
+    import json
+
+    with np.load(trained / "model.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["__meta__"][()]))
+    meta["class_names"] = meta["class_names"][:3]   # 10 outputs, 3 names
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "short.npz", **arrays)
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    assert cli.main(["predict", str(tmp_path / "short.npz"), str(image)]) == 1
+    err = capsys.readouterr().err
+    assert "class_names has 3 names but the model has 10 outputs" in err and err.count("\n") == 1
+
+
+def test_a_folder_of_only_corrupt_images_is_one_line_and_writes_no_model(tmp_path, capsys):
+    for label in ("a", "b"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "pics" / label / f"{i}.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning):
+        code = cli.main(["train", "--dataset", str(tmp_path / "pics"), "--epochs", "1", "--image-size", "16", "16",
+                         "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no training batch could be read" in err and err.count("\n") == 1
+    assert not (out / "model.npz").exists()
+
+
+def test_train_from_a_model_file_starts_a_fresh_schedule_and_changes_the_weights(trained, tmp_path, capsys):
+    from minicnn.models import load_model
+
+    start = load_model(trained / "model.npz")
+    assert start.optimizer.learning_rate == pytest.approx(0, abs=1e-12)   # the saved cosine schedule is spent
+    out = tmp_path / "again"
+    assert cli.main(["train", "--model", str(trained / "model.npz"), "--epochs", "1", "--seed", "4",
+                     "--out", str(out)]) == 0
+    assert "fresh Adam optimizer" in capsys.readouterr().out
+    again = load_model(out / "model.npz")
+    changed = [not np.array_equal(a, b) for a, b in zip(start.get_weights(), again.get_weights())]
+    assert all(changed), changed   # a spent schedule would have left every weight as it was
+    assert again.optimizer.iterations < start.optimizer.iterations + 100   # a new optimizer: its own step count
