@@ -3,8 +3,8 @@
 A model file is a NumPy ``.npz`` archive (a zip of uncompressed ``.npy`` arrays) holding::
 
     __meta__      a JSON string: format, architecture (each layer's config), compile settings
-                  (optimizer config, loss, metrics), the names and shapes of all arrays below,
-                  the optimizer's step counter, random-generator states, class_names
+                  (optimizer config, loss, metrics), the names, shapes and SHA-256 digests of all
+                  arrays below, the optimizer's step counter, random-generator states, class_names
     w0, w1, ...   the weights, in ``model.get_weights()`` order
     s0, s1, ...   the optimizer's slots (Adam's m and v of every parameter)
 
@@ -18,7 +18,8 @@ its own size in memory and can make nothing run:
    optimizer, schedule) resolves through its module's registry (see ``minicnn.registry``); the
    weight shapes are computed from ``compute_output_shape`` and ``weight_shapes`` and compared with
    the metadata and with each member's ``.npy`` header *before* any layer is built;
-4. only then the layers are built and the arrays read (``allow_pickle=False``), CRC-checked.
+4. only then the layers are built and the arrays read (``allow_pickle=False``), each checked
+   against the zip CRC and against its digest in the metadata (which catches swapped arrays).
 
 Anything that does not check out raises a ValueError naming the file. ``load_model(compile=False)``
 does not read the optimizer's config or state at all.
@@ -30,6 +31,7 @@ save of the same target, once its writer process is gone.
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -180,8 +182,14 @@ def _known_metric(name):
     return METRICS.get(name.lower())
 
 
+def _digest(array):
+    """The first 16 hex digits of the SHA-256 of the array's bytes (as stored)."""
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()[:16]
+
+
 def _weight_entries(model, weights):
-    return [(layer.name, name, list(w.shape), str(w.dtype)) for (layer, name, _, _), w in zip(model._weight_entries(), weights)]
+    return [(layer.name, name, list(w.shape), str(w.dtype), _digest(w))
+            for (layer, name, _, _), w in zip(model._weight_entries(), weights)]
 
 
 def save_model(model, path, overwrite=True):
@@ -197,7 +205,7 @@ def save_model(model, path, overwrite=True):
                 continue
             for slot_name, array in slot_arrays.items():
                 arrays[f"s{len(slots)}"] = array
-                slots.append([key, slot_name])
+                slots.append([key, slot_name, _digest(array)])
     shuffle_rng = getattr(model, "_shuffle_rng", None)
     meta = {
         "format": MODEL_FORMAT,
@@ -344,7 +352,7 @@ def _check_weights(archive, meta, planned, by_layer_name=True):
         raise ValueError(f"{path}: the metadata lists {len(entries)} weight arrays; the architecture has {len(planned)}")
     for i, (entry, (layer, name, shape)) in enumerate(zip(entries, planned)):
         first = 0 if by_layer_name else 1
-        if not (isinstance(entry, list) and len(entry) == 4 and entry[first:3] == [layer, name, list(shape)][first:]):
+        if not (isinstance(entry, list) and len(entry) in (4, 5) and entry[first:3] == [layer, name, list(shape)][first:]):
             raise ValueError(f"{path}: weight w{i} is listed as {short(entry)}; the architecture has "
                              f"{layer!r} {name!r} of shape {list(shape)}")
         found, dtype = archive.header(f"w{i}")
@@ -378,8 +386,17 @@ def _planned_weights(model_config):
             for name, weight_shape in layer.weight_shapes(layer_input).items()]
 
 
-def _read_weights(archive, count):
-    weights = [archive.read(f"w{i}") for i in range(count)]
+def _read_checked(archive, name, entry):
+    """Member ``name``, compared with the digest at ``entry[-1]`` when the metadata has one."""
+    array = archive.read(name)
+    if isinstance(entry, list) and len(entry) in (3, 5) and entry[-1] != _digest(array):
+        raise ValueError(f"{archive.path}: array {name!r} does not match its digest in the metadata "
+                         "(the file is damaged, or its arrays were swapped)")
+    return array
+
+
+def _read_weights(archive, entries):
+    weights = [_read_checked(archive, f"w{i}", entry) for i, entry in enumerate(entries)]
     bad = sum(int(w.size - np.count_nonzero(np.isfinite(w))) for w in weights)
     if bad:
         warnings.warn(f"{archive.path}: {bad} of {sum(w.size for w in weights)} weights are NaN or infinite "
@@ -469,7 +486,7 @@ def _load_model(archive, compile):
     _check_weights(archive, meta, planned)
     class_names, input_stats = meta.get("class_names"), _input_stats(meta.get("input_stats"))
     model = Sequential.from_config(meta["model"])   # every shape is known to match the file: now allocate
-    model.set_weights(_read_weights(archive, len(planned)))
+    model.set_weights(_read_weights(archive, meta["weights"]))
     rng_states = meta.get("rng_states") or {}
     if not isinstance(rng_states, dict):
         raise ValueError(f"rng_states must be a dict. Received: {short(rng_states)}")
@@ -508,7 +525,7 @@ def _optimizer_state(archive, state, slots, model, optimizer):
     params = {f"{layer.name}/{name}": w for layer in model.layers for name, w in layer.params.items()}
     seen = set()
     for i, pair in enumerate(slots):
-        ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ok = isinstance(pair, list) and len(pair) in (2, 3) and all(isinstance(p, str) for p in pair)
         if not ok or pair[0] not in params or pair[1] not in optimizer.slot_names or tuple(pair) in seen:
             raise ValueError(f"{path}: optimizer slot s{i} {short(pair)} does not match the model's parameters")
         seen.add(tuple(pair))
@@ -516,8 +533,8 @@ def _optimizer_state(archive, state, slots, model, optimizer):
         if shape != params[pair[0]].shape or dtype.name not in _FLOATS:
             raise ValueError(f"{path}: optimizer slot {pair[0]!r} {pair[1]!r} does not match the model's parameters")
     out = {}
-    for i, (key, slot_name) in enumerate(slots):
-        out.setdefault(key, {})[slot_name] = archive.read(f"s{i}").astype(params[key].dtype, copy=False)
+    for i, (key, slot_name, *_) in enumerate(slots):
+        out.setdefault(key, {})[slot_name] = _read_checked(archive, f"s{i}", slots[i]).astype(params[key].dtype, copy=False)
     return {"iterations": state.get("iterations", 0), "slots": out}
 
 
@@ -541,7 +558,7 @@ def load_weights(model, path):
             _check_weights(archive, meta, planned, by_layer_name=False)
         except ValueError as err:
             raise ValueError(f"{err} (the weights do not fit model '{model.name}')") from None
-        weights = _read_weights(archive, len(planned))
+        weights = _read_weights(archive, meta["weights"])
         if not model.built:
             model.build(tuple(shape))
         model.set_weights(weights)

@@ -160,13 +160,19 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_process_killed_mid_save_leaves_a_loadable_file(tmp_path):
+def leftovers(folder, name="model.npz"):
+    return sorted(n for n in os.listdir(folder) if n.startswith(f".{name}.") and n.endswith(".tmp"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs signal.SIGKILL (POSIX) to kill a process mid-save")
+def test_a_process_killed_mid_save_leaves_a_loadable_file_and_at_most_its_own_temp_file(tmp_path):
     rng = np.random.default_rng(65)
     script = tmp_path / "saver.py"
     script.write_text(KILL_SCRIPT)
     path = tmp_path / "model.npz"
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "MINICNN_BACKEND": "reference"}
-    for _ in range(3):
+    counts = []
+    for _ in range(6):
         proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, env=env)
         try:
             first = proc.stdout.readline()   # one complete save exists now
@@ -179,8 +185,35 @@ def test_a_process_killed_mid_save_leaves_a_loadable_file(tmp_path):
         model = load_model(path)   # the old version or the new one, never a torn file
         values = {float(v) for w in model.get_weights() for v in np.unique(w)}
         assert len(values) == 1, values
-    leftovers = [n for n in os.listdir(tmp_path) if n not in ("saver.py", "model.npz")]
-    assert all(n.startswith(".model.npz.") and n.endswith(".tmp") for n in leftovers), leftovers
+        left = leftovers(tmp_path)
+        # each saver's first save removed the temp files of the savers killed before it
+        assert len(left) <= 1 and all(f".{proc.pid}." in n for n in left), left
+        counts.append(len(left))
+    model.save(path)   # this process's save removes the last killed saver's file too
+    assert leftovers(tmp_path) == [], counts
+
+
+def test_a_save_removes_only_temp_files_whose_writer_is_gone(tmp_path):
+    model = Sequential([Input(shape=(3,)), Dense(2)])
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(done.stdout), os.getppid()   # a process that has exited, and our parent
+    names = [f".model.npz.{dead}.0123abcd.tmp", f".model.npz.{alive}.0123abcd.tmp", f".other.npz.{dead}.0123abcd.tmp",
+             f".model.npz.{os.getpid()}.0123abcd.tmp"]   # this process may be saving in another thread
+    for name in names:
+        (tmp_path / name).write_bytes(b"half a file")
+    model.save(tmp_path / "model.npz")
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.npz", *names[1:]])
+
+
+def test_save_errors_name_the_target_not_the_temp_file(tmp_path):
+    model = Sequential([Input(shape=(3,)), Dense(2)])
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OSError) as info:
+        model.save(tmp_path / "a_file" / "model.npz")   # the folder is a file
+    assert str(tmp_path / "a_file" / "model.npz") in str(info.value) and ".tmp" not in str(info.value)
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(IsADirectoryError, match="dir.npz"):
+        model.save(tmp_path / "dir.npz")
 
 
 def test_a_failing_write_keeps_the_previous_file_and_cleans_up(tmp_path, monkeypatch):
