@@ -145,7 +145,8 @@ def _finite_after_cast(a, dtype, name, hint=""):
 
     The check runs on the cast array: 1e39 is finite in float64 but ``inf`` in float32.
     """
-    cast = a.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):   # an overflow is reported below, by count
+        cast = a.astype(dtype, copy=False)
     nan, inf = _count_bad(cast)
     if nan or inf:
         overflow = _count_bad(a) != (nan, inf)
