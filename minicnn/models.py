@@ -861,8 +861,12 @@ class Sequential:
 def load_model(filepath, compile=True):
     """Read a model written by ``model.save``: architecture, weights, compile settings, optimizer state.
 
+    ``compile=False`` skips the loss, metrics and optimizer (their config and state are not even
+    read): enough for ``predict``. Every class the file names must be in minicnn's registries, and
+    sizes are checked against the architecture before anything is allocated (see ``minicnn.saving``).
+
     Raises FileNotFoundError if there is no such file and ValueError (naming the file) if it is
-    not a complete minicnn model file. Nothing in the file is ever executed.
+    not a complete, consistent minicnn model file. Nothing in the file is ever imported or executed.
     """
     return saving.load_model(filepath, compile=compile)
 
