@@ -44,6 +44,7 @@ import zipfile
 import numpy as np
 
 from . import config
+from .metrics import METRICS
 from .registry import short
 
 MODEL_FORMAT = "minicnn.model"
@@ -87,11 +88,11 @@ def _writer_is_gone(pid):
     if sys.platform == "win32" or pid == os.getpid():
         return False   # os.kill(pid, 0) would terminate a process on Windows
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)   # signal 0 only asks whether the process exists
     except ProcessLookupError:
         return True
     except OSError:   # it exists but belongs to someone else
-        return False
+        pass
     return False
 
 
@@ -169,17 +170,11 @@ def _compile_settings(model):
             loss = None
     metrics = []
     for name, fn in model._metrics:
-        if isinstance(name, str) and fn is _known_metric(name):
+        if isinstance(name, str) and fn is METRICS.get(name.lower()):
             metrics.append(name)
         else:
             warnings.warn(f"The metric {name!r} is a function and is not saved.", stacklevel=4)
     return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss, "metrics": metrics}
-
-
-def _known_metric(name):
-    from .metrics import METRICS
-
-    return METRICS.get(name.lower())
 
 
 def _digest(array):
@@ -252,23 +247,21 @@ class _Archive:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
             raise ValueError(f"{path}: not a readable minicnn .npz file ({type(err).__name__}: {err})") from None
         self.members = {}
-        for info in infos:
-            if info.filename == "__meta__.npy":
-                break
-        else:
+        try:
+            if "__meta__.npy" not in (info.filename for info in infos):
+                raise ValueError(f"{path}: not a minicnn file (no '__meta__' record)")
+            for info in infos:
+                name = info.filename
+                if not _MEMBER.fullmatch(name) or name[:-4] in self.members:
+                    what = "a second member" if _MEMBER.fullmatch(name) else "a member"
+                    raise ValueError(f"{path}: {what} {short(name)} that is not part of the minicnn format")
+                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                    raise ValueError(f"{path}: member {name!r} is compressed or encrypted; minicnn files store "
+                                     "arrays uncompressed (np.savez)")
+                self.members[name[:-4]] = info
+        except ValueError:
             self.zip.close()
-            raise ValueError(f"{path}: not a minicnn file (no '__meta__' record)")
-        for info in infos:
-            name = info.filename
-            if not _MEMBER.fullmatch(name) or name[:-4] in self.members:
-                self.zip.close()
-                what = "a second member" if _MEMBER.fullmatch(name) else "a member"
-                raise ValueError(f"{path}: {what} {short(name)} that is not part of the minicnn format")
-            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-                self.zip.close()
-                raise ValueError(f"{path}: member {name!r} is compressed or encrypted; minicnn files store "
-                                 "arrays uncompressed (np.savez)")
-            self.members[name[:-4]] = info
+            raise
 
     def close(self):
         self.zip.close()
@@ -306,8 +299,7 @@ class _Archive:
 
 
 def _read_meta(archive, formats):
-    path = archive.path
-    size = archive.members["__meta__"].file_size
+    path, size = archive.path, archive.members["__meta__"].file_size
     if size > MAX_META_BYTES:
         raise ValueError(f"{path}: the metadata is {size} bytes; minicnn reads at most {MAX_META_BYTES}")
     shape, dtype = archive.header("__meta__")
@@ -323,10 +315,6 @@ def _read_meta(archive, formats):
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: unsupported file version {short(meta.get('version'))} (this minicnn reads {VERSION})")
     return meta
-
-
-def _is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_members(archive, n_weights, n_slots):
@@ -366,7 +354,6 @@ def _planned_weights(model_config):
     """``[(layer name, weight name, shape)]`` of the architecture, from the configs alone (builds nothing)."""
     from .layers import InputLayer
     from .layers import deserialize as deserialize_layer
-    from .models import Sequential
 
     if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list):
         raise ValueError(f"the architecture must be a dict with a list of layers. Received: {short(model_config)}")
@@ -376,14 +363,19 @@ def _planned_weights(model_config):
         shape, layers = (None, *layers[0]._input_shape_arg), layers[1:]
     elif layers and layers[0]._input_shape_arg is not None:
         shape = (None, *layers[0]._input_shape_arg)
-    if shape is None:
-        return []
-    if not isinstance(shape, (list, tuple)) or not all(d is None or _is_count(d) and d > 0 for d in shape[1:]):
+    return [] if shape is None else _weight_shapes(layers, shape)
+
+
+def _weight_shapes(layers, shape):
+    """``[(layer name, weight name, shape)]`` for ``layers`` fed inputs of ``shape``: pure, allocates nothing."""
+    if not isinstance(shape, (list, tuple)) or not all(
+            d is None or isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:]):
         raise ValueError(f"`build_input_shape` must be a list of positive integers. Received: {short(shape)}")
-    shapes = Sequential()._shapes((None, *shape[1:]), layers)   # compute_output_shape: pure
-    return [(layer.name, name, tuple(int(d) for d in weight_shape))
-            for layer, layer_input in zip(layers, shapes)
-            for name, weight_shape in layer.weight_shapes(layer_input).items()]
+    planned, shape = [], (None, *shape[1:])
+    for layer in layers:
+        planned += [(layer.name, name, tuple(int(d) for d in s)) for name, s in layer.weight_shapes(shape).items()]
+        shape = tuple(layer.compute_output_shape(shape))
+    return planned
 
 
 def _read_checked(archive, name, entry):
@@ -418,14 +410,10 @@ def _set_rng_state(rng, state, what):
 
 def _input_stats(value):
     """The optional ``input_stats`` record: a dict of names to finite floats, or None."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for k, v in value.items()
-    ):
+    if not (value is None or isinstance(value, dict) and all(
+            isinstance(k, str) and type(v) in (int, float) and math.isfinite(v) for k, v in value.items())):
         raise ValueError(f"`input_stats` must be a dict of names to finite numbers. Received: {short(value)}")
-    return {k: float(v) for k, v in value.items()}
+    return None if value is None else {k: float(v) for k, v in value.items()}
 
 
 def _class_names(value, model):
@@ -488,10 +476,8 @@ def _load_model(archive, compile):
     model = Sequential.from_config(meta["model"])   # every shape is known to match the file: now allocate
     model.set_weights(_read_weights(archive, meta["weights"]))
     rng_states = meta.get("rng_states") or {}
-    if not isinstance(rng_states, dict):
-        raise ValueError(f"rng_states must be a dict. Received: {short(rng_states)}")
     for layer in model.layers:
-        if layer.name in rng_states and isinstance(getattr(layer, "_rng", None), np.random.Generator):
+        if isinstance(getattr(layer, "_rng", None), np.random.Generator) and layer.name in dict(rng_states):
             _set_rng_state(layer._rng, rng_states[layer.name], f"layer {layer.name!r}")
     if meta.get("shuffle_rng_state") is not None:
         model._shuffle_rng = np.random.default_rng()
@@ -511,12 +497,9 @@ def _compile(archive, model, settings, state, slots):
     if not isinstance(settings, dict):
         raise ValueError(f"the compile settings must be a dict. Received: {short(settings)}")
     loss = None if settings.get("loss") is None else losses.deserialize(settings["loss"])
-    metrics = settings.get("metrics") or None
-    if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
-        raise ValueError(f"metrics must be a list of names. Received: {short(metrics)}")
     optimizer = optimizers.deserialize(settings.get("optimizer"))
     optimizer.set_state(_optimizer_state(archive, state, slots, model, optimizer))
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, metrics=settings.get("metrics") or None)   # names: METRICS only
 
 
 def _optimizer_state(archive, state, slots, model, optimizer):
@@ -545,33 +528,21 @@ def load_weights(model, path):
     try:
         meta = _read_meta(archive, (WEIGHTS_FORMAT, MODEL_FORMAT))
         shape = meta.get("build_input_shape") or (meta.get("model") or {}).get("build_input_shape")
+        state = meta.get("optimizer_state") or {}
         try:
-            if not model.built and not shape:
+            if model.built:
+                planned = [(layer.name, name, w.shape) for layer, name, w, _ in model._weight_entries()]
+            elif shape:
+                planned = _weight_shapes(model.layers, shape)
+            else:
                 raise ValueError("the model is not built and the file does not say the input shape")
-            planned = [(layer.name, name, tuple(s)) for layer, name, s in _model_weight_shapes(model, shape)]
+            _check_members(archive, len(planned), len(state.get("slots") or []) if isinstance(state, dict) else 0)
+            _check_weights(archive, meta, planned, by_layer_name=False)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: the weights do not fit model '{model.name}': {err}") from None
-        state = meta.get("optimizer_state") or {}
-        n_slots = len(state.get("slots") or []) if isinstance(state, dict) else 0
-        _check_members(archive, len(planned), n_slots)
-        try:
-            _check_weights(archive, meta, planned, by_layer_name=False)
-        except ValueError as err:
-            raise ValueError(f"{err} (the weights do not fit model '{model.name}')") from None
         weights = _read_weights(archive, meta["weights"])
         if not model.built:
             model.build(tuple(shape))
         model.set_weights(weights)
     finally:
         archive.close()
-
-
-def _model_weight_shapes(model, shape):
-    """``[(layer, weight name, shape)]`` of ``model`` (built, or as it would be for input ``shape``)."""
-    if model.built:
-        return [(layer, name, array.shape) for layer, name, array, _ in model._weight_entries()]
-    if not isinstance(shape, (list, tuple)) or not all(d is None or _is_count(d) and d > 0 for d in shape[1:]):
-        raise ValueError(f"`build_input_shape` must be a list of positive integers. Received: {short(shape)}")
-    shapes = model._shapes((None, *shape[1:]))
-    return [(layer, name, s) for layer, layer_input in zip(model.layers, shapes)
-            for name, s in layer.weight_shapes(layer_input).items()]
