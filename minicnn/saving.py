@@ -44,6 +44,7 @@ import zipfile
 import numpy as np
 
 from . import config
+from .layers.base import Layer
 from .metrics import METRICS
 from .registry import short
 
@@ -263,9 +264,6 @@ class _Archive:
             self.zip.close()
             raise
 
-    def close(self):
-        self.zip.close()
-
     def header(self, name):
         """``(shape, dtype)`` from the ``.npy`` header of member ``name``, checked against its size."""
         info = self.members[name]
@@ -373,7 +371,11 @@ def _weight_shapes(layers, shape):
         raise ValueError(f"`build_input_shape` must be a list of positive integers. Received: {short(shape)}")
     planned, shape = [], (None, *shape[1:])
     for layer in layers:
-        planned += [(layer.name, name, tuple(int(d) for d in s)) for name, s in layer.weight_shapes(shape).items()]
+        shapes = layer.weight_shapes(shape)
+        if type(layer).weight_shapes is Layer.weight_shapes and not type(layer).__module__.startswith("minicnn."):
+            layer.build(shape)   # a learner's registered layer that does not say: build it to see
+            shapes = dict(zip(layer.weight_names, (w.shape for w in layer._weight_arrays())))
+        planned += [(layer.name, name, tuple(int(d) for d in s)) for name, s in shapes.items()]
         shape = tuple(layer.compute_output_shape(shape))
     return planned
 
@@ -458,7 +460,7 @@ def load_model(path, compile=True):
     except Exception as err:   # a tampered config can make a constructor fail in any way
         raise _named(path, err) from None
     finally:
-        archive.close()
+        archive.zip.close()
 
 
 def _load_model(archive, compile):
@@ -545,4 +547,4 @@ def load_weights(model, path):
             model.build(tuple(shape))
         model.set_weights(weights)
     finally:
-        archive.close()
+        archive.zip.close()

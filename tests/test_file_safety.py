@@ -390,3 +390,19 @@ def test_members_outside_the_format_are_refused_by_name(good_file, tmp_path):
     bad = write(tmp_path / "extra_s.npz", {**arrays, "s99": np.zeros(3)})
     with pytest.raises(ValueError, match=r"s99 are not named in the metadata"):
         load_model(bad)
+
+
+def test_a_registered_layer_of_your_own_round_trips(tmp_path, monkeypatch):
+    class Gain(layers.Layer):   # creates a weight but does not override weight_shapes
+        def _build(self, input_shape):
+            self.add_weight("gain", (input_shape[-1],), "ones")
+
+        def _forward(self, x, training):
+            return x * self.params["gain"]
+
+    monkeypatch.setitem(layers.LAYERS, "Gain", Gain)   # what @minicnn.layers.register does
+    model = Sequential([Input(shape=(3,)), Gain(), Dense(2)])
+    model.set_weights([np.array([1.0, 2.0, 3.0], np.float32), *model.get_weights()[1:]])
+    again = load_model(model.save(tmp_path / "gain.npz"))
+    for a, b in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -150,6 +150,8 @@ class Layer:
         """``{name: shape}`` of the arrays ``build(input_shape)`` creates, in ``weight_names`` order.
 
         Pure and cheap: a loader compares a file's arrays with these before allocating any weight.
+        A layer of your own that creates weights should say their shapes here too (else loading
+        has to build it to find out).
         """
         return {}
 
