@@ -8,8 +8,8 @@ A model file is a NumPy ``.npz`` archive (a zip of uncompressed ``.npy`` arrays)
     w0, w1, ...   the weights, in ``model.get_weights()`` order
     s0, s1, ...   the optimizer's slots (Adam's m and v of every parameter)
 
-Reading is a closed world and bounded, in this order, so that a hostile file costs at most about
-its own size in memory and can make nothing run:
+Reading is a closed world and bounded, in this order, so that a hostile file costs at most a few
+times its own size in memory and can make nothing run:
 
 1. the zip directory: only the members above, stored (not compressed), no duplicates; a member
    whose name or size is not what the metadata announces is refused before it is read;

@@ -406,3 +406,15 @@ def test_a_registered_layer_of_your_own_round_trips(tmp_path, monkeypatch):
     again = load_model(model.save(tmp_path / "gain.npz"))
     for a, b in zip(again.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_loading_takes_at_most_three_times_the_file_size(tmp_path):
+    model = Sequential([Input(shape=(500,)), Dense(2000), Dense(10)])
+    model.compile("adam", "mse")
+    model.fit(np.zeros((4, 500)), np.zeros((4, 10)), verbose=0)   # Adam's two slots per weight: a 3x larger file
+    path = model.save(tmp_path / "big.npz")
+    size = os.path.getsize(path)
+    assert size > 10 * MB
+    for compile in (False, True):
+        loaded, peak = peak_while(lambda: load_model(path, compile=compile))
+        assert isinstance(loaded, Sequential) and peak < 3 * size, (compile, peak / size)
