@@ -82,8 +82,7 @@ def cmd_train(args):
     from .models import load_model
     from .utils import set_random_seed
 
-    if args.seed is not None:
-        set_random_seed(args.seed)
+    set_random_seed(args.seed)   # a fixed default (0): the printed accuracy is the same on every run
     train, test, class_names = load_dataset(args.dataset, args.seed, args.image_size, args.batch_size)
     streaming = not isinstance(train, tuple)
     if streaming:
@@ -215,24 +214,21 @@ def cmd_info(args):
 
 
 def cmd_gradcheck(args):
-    """Check every layer type's backward pass against finite differences (float64) and print the tables."""
+    """Check the backward pass of every layer type against finite differences, in float64, and print the tables."""
     from . import gradcheck
-    from .layers import Conv2D, Dense, Flatten, MaxPooling2D
 
-    rng = np.random.default_rng(args.seed or 0)
-    x = rng.standard_normal((2, 7, 7, 3))
-    ok = True
-    for layer, inp in (
-        (Conv2D(4, 3, strides=2, padding="same", activation="relu", dtype="float64"), x),
-        (MaxPooling2D(3, strides=2, dtype="float64"), x),
-        (Flatten(dtype="float64"), x),
-        (Dense(5, activation="softmax", dtype="float64"), x.reshape(2, -1)),
-    ):
-        report = gradcheck.check_layer(layer, inp)
+    cases = gradcheck.layer_cases(args.seed)
+    failed = []
+    for layer, x in cases:
+        report = gradcheck.check_layer(layer, x)
         print(report, end="\n\n")
-        ok &= report.ok
-    print("all gradients agree" if ok else "SOME GRADIENTS DISAGREE")
-    return 0 if ok else 1
+        if not report.ok:
+            failed.append(type(layer).__name__)
+    if failed:
+        print(f"SOME GRADIENTS DISAGREE: {', '.join(failed)} (of {len(cases)} layer types)")
+        return 1
+    print(f"all gradients agree: {len(cases)} layer types checked in float64")
+    return 0
 
 
 def cmd_bench(args):
@@ -255,7 +251,9 @@ def build_parser():
     train.add_argument("--augment", action="store_true", help="random flips and shifts during training")
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize folder images (default 64 64)")
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seeds weights, shuffling, dropout, augmentation and the validation split; "
+                            "the same seed gives the same accuracy on the same machine (default: 0)")
     train.add_argument("--out", default="minicnn-run", help="output folder (default: ./minicnn-run)")
     train.set_defaults(func=cmd_train)
 
@@ -273,7 +271,7 @@ def build_parser():
     info = sub.add_parser("info", help="versions, backend, threads, Numba cache folder, datasets found")
     info.set_defaults(func=cmd_info)
 
-    check = sub.add_parser("gradcheck", help="check each layer's backward pass against finite differences")
+    check = sub.add_parser("gradcheck", help="check the backward pass of every layer type against finite differences (float64)")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_gradcheck)
 
