@@ -167,6 +167,11 @@ def _frozen_randomness(layers):
 
 
 # ----------------------------------------------------------------------------------- one array
+def _slope(rise, run):
+    """``rise / run``; 0 when the step was lost to rounding (a float32 x does not move by 1e-9)."""
+    return rise / run if run else 0.0
+
+
 def _nudge(loss, x, index, step):
     """``L(x + step e_i)``, ``L(x - step e_i)`` and the steps really taken (rounded to x's dtype)."""
     old = x[index].copy()
@@ -200,18 +205,18 @@ def _check_array(loss, x, analytic, eps, tolerance, flat_idx, find_kinks=True):
     for j, i in enumerate(flat_idx):
         index = np.unravel_index(i, x.shape)
         plus, minus, up, down = _nudge(loss, x, index, eps)
-        numeric[j] = (plus - minus) / (up + down)
+        numeric[j] = _slope(plus - minus, up + down)
         coarse = abs(numeric[j] - g[j])
         if not find_kinks or agree(numeric[j], g[j], eps):
             continue
         h = eps / REFINE
         plus, minus, up, down = _nudge(loss, x, index, h)
-        fine = (plus - minus) / (up + down)
+        fine = _slope(plus - minus, up + down)
         if agree(fine, g[j], h) and 10 * abs(fine - g[j]) < coarse:
             kink[j] = True       # the small step agrees (a wrong gradient would be as far off): a kink was crossed
             continue
         # A kink at x itself: the one-sided slopes differ and the backward took one of them.
-        right, left = (plus - base) / up, (base - minus) / down
+        right, left = _slope(plus - base, up), _slope(base - minus, down)
         loose = 1e-4 * (abs(right) + abs(left) + scale) + 2 * blur / h
         kink[j] = abs(right - left) > 10 * loose and min(abs(g[j] - right), abs(g[j] - left)) <= loose
     keep = ~kink
