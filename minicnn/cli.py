@@ -167,7 +167,12 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from .data import img_to_array, load_img
+    """Top classes of each image; a warning on stderr for an image unlike the training images.
+
+    ``--invert`` turns each image into its negative (``255 - x``) first: a dark object photographed
+    on a light background then looks like Fashion-MNIST's light objects on black.
+    """
+    from .data import img_to_array, load_img, stats
     from .models import load_model
 
     model = _load_model_or_fail(load_model, args.model)
@@ -181,7 +186,13 @@ def cmd_predict(args):
             images.append(img_to_array(load_img(path, color_mode=mode, target_size=(height, width))))
         except Exception as err:   # Pillow raises many types for unreadable files
             raise CLIError(f"cannot read image {path}: {err}") from None
-    probs = model.predict(np.stack(images), verbose=0)
+    x = np.stack(images)
+    if args.invert:
+        x = 255.0 - x   # img_to_array gives 0..255 for the 8-bit images load_img returns
+    for path, warning in zip(args.images, stats.unusual(model.input_stats, x)):
+        if warning:
+            print(f"minicnn: warning: {path}: {warning}", file=sys.stderr)
+    probs = model.predict(x, verbose=0)
     names = getattr(model, "class_names", None) or [str(i) for i in range(probs.shape[1])]
     k = max(1, min(args.top_k, probs.shape[1]))
     for path, p in zip(args.images, probs):
@@ -266,6 +277,9 @@ def build_parser():
     predict.add_argument("model")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--invert", action="store_true",
+                         help="use each image's negative (255 - pixel): Fashion-MNIST models expect light objects "
+                              "on a dark background, so a dark object photographed on white needs this")
     predict.set_defaults(func=cmd_predict)
 
     info = sub.add_parser("info", help="versions, backend, threads, Numba cache folder, datasets found")

@@ -26,6 +26,7 @@ from . import callbacks as callbacks_module
 from .layers import InputLayer, Layer
 from .layers import deserialize as deserialize_layer
 from .layers import serialize as serialize_layer
+from .data.stats import InputStats
 from .layers.base import format_shape, unique_name
 
 __all__ = ["Sequential", "load_model"]
@@ -209,6 +210,8 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self.class_names = None
+        #: Per-channel brightness of the training images (``minicnn.data.stats``), set by ``fit``.
+        self.input_stats = None
         for layer in layers or []:
             self.add(layer)
 
@@ -669,10 +672,13 @@ class Sequential:
                                             verbose=verbose, epochs=epochs, steps=train.steps)
         self.stop_training = False
         logs = {}
+        stats = InputStats()   # of the batches of the first epoch: the images the model learns from
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            epoch_logs = self._train_epoch(train, cbs)
+            epoch_logs = self._train_epoch(train, cbs, stats if epoch == initial_epoch else None)
+            if stats.count:
+                self.input_stats = stats.result()
             if epoch_logs is None:
                 warnings.warn("Your input ran out of data; interrupting training.", stacklevel=2)
                 break
@@ -701,10 +707,15 @@ class Sequential:
         except (ValueError, TypeError) as err:
             raise type(err)(f"In `validation_data`: {err}") from None
 
-    def _train_epoch(self, data, cbs):
-        """One pass over ``data``; the epoch's logs (running means), or None if there was no batch."""
+    def _train_epoch(self, data, cbs, stats=None):
+        """One pass over ``data``; the epoch's logs (running means), or None if there was no batch.
+
+        ``stats``, an ``InputStats``, also counts every batch's images.
+        """
         means = _RunningMeans()
         for step, (xb, yb) in enumerate(data.batches()):
+            if stats is not None:
+                stats.add(xb)
             cbs.on_train_batch_begin(step)
             loss, y_pred = self.train_step(xb, yb)
             means.add(self._batch_logs(loss, yb, y_pred), len(xb))

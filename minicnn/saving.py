@@ -4,7 +4,8 @@ A model file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays) holding::
 
     __meta__      a JSON string: format, architecture (each layer's config), compile settings
                   (optimizer config, loss, metrics), the names and shapes of all arrays below,
-                  the optimizer's step counter, random-generator states, class_names
+                  the optimizer's step counter, random-generator states, class_names, input_stats
+                  (per-channel brightness of the training images, ``minicnn.data.stats``)
     w0, w1, ...   the weights, in ``model.get_weights()`` order
     s0, s1, ...   the optimizer's slots (Adam's m and v of every parameter)
 
@@ -25,6 +26,7 @@ import uuid
 import numpy as np
 
 from . import config
+from .data import stats as input_stats
 
 MODEL_FORMAT = "minicnn.model"
 WEIGHTS_FORMAT = "minicnn.weights"
@@ -151,6 +153,7 @@ def save_model(model, path, overwrite=True):
             "iterations": int(model.optimizer.iterations), "slots": slots},
         "rng_states": _rng_states(model),
         "class_names": None if model.class_names is None else [str(c) for c in model.class_names],
+        "input_stats": getattr(model, "input_stats", None),
     }
     arrays["__meta__"] = _meta_array(meta)
     return write_npz_atomically(path, arrays, overwrite=overwrite)
@@ -256,6 +259,8 @@ def load_model(path, compile=True):
         if class_names is not None and not (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)):
             raise ValueError(f"class_names must be a list of strings, found {class_names!r}")
         model.class_names = class_names
+        channels = model.input_shape[-1] if model.built and len(model.input_shape) == 4 else None
+        model.input_stats = input_stats.checked(meta.get("input_stats"), channels)
     except ValueError as err:
         if str(err).startswith(path):
             raise
