@@ -3,12 +3,17 @@
 Each run is the command a learner types, in a fresh process, and its own printed line
 (``Test accuracy: 0.8640  (1000 images, trained in 6s)``) is what is recorded:
 
-- ``first_run``: ``minicnn train`` with an empty Numba cache, so its kernels compile first;
+- ``first_run``: ``minicnn train`` with an empty Numba cache, so its kernels compile first
+  (its wall time minus the next run's is the compile cost too, but load on a shared machine blurs it);
 - ``sample``: the same command again, the compiled kernels now read from the cache;
 - ``full``: ``minicnn train --dataset fashion-mnist --epochs 10`` (needs the real data set; skipped
   with a note when it is not found).
 
-The difference of the first two wall times is the one-time compile cost. ``minicnn train`` seeds
+``compile`` times the first training step, prediction and evaluation of the small CNN in a fresh
+process, once with an empty Numba cache (the kernels compile) and once with the cache filled: the
+difference is the one-time compile cost a learner waits for on a first run. On a shared machine the
+wall times grow with the load (recorded before and after each run); ``cpu_seconds`` (user + system
+time of the whole process, all threads) grows much less. ``minicnn train`` seeds
 everything with ``--seed 0`` by default, so the accuracies repeat from run to run on one machine.
 
 Usage::
@@ -22,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,19 +49,42 @@ def machine():
             "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count()))}
 
 
+FIRST_STEP = """
+import time, numpy as np
+from minicnn import zoo
+model = zoo.MODELS["small"]((28, 28, 1), 10)
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+x, y = np.zeros((32, 28, 28, 1), np.uint8), np.arange(32) % 10
+start = time.perf_counter()
+model.train_on_batch(x, y); model.predict(x, verbose=0); model.evaluate(x, y, verbose=0)
+print(time.perf_counter() - start)
+"""
+
+
+def first_step_seconds(cache_dir):
+    """Seconds of the small CNN's first train step, predict and evaluate in a fresh process."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", FIRST_STEP], env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    return round(float(out.stdout.split()[-1]), 2)
+
+
 def run_train(args, cache_dir, out_dir):
     """Run ``python -m minicnn train ARGS`` in a fresh process; its accuracy, training and wall seconds."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, MPLBACKEND="Agg", PYTHONPATH=ROOT)
     load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "minicnn", "train", *args, "--out", out_dir],
                           env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     match = LINE.search(proc.stdout)
     if proc.returncode != 0 or match is None:
         raise RuntimeError(f"minicnn train {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return {"command": "minicnn train " + " ".join(args), "test_accuracy": float(match.group(1)),
+    return {"command": " ".join(["minicnn train", *args]), "test_accuracy": float(match.group(1)),
             "test_images": int(match.group(2)), "train_seconds": int(match.group(3)), "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
             "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2)}
 
 
@@ -71,11 +100,15 @@ def main(argv=None):
     result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         cache, out = os.path.join(tmp, "numba-cache"), os.path.join(tmp, "run")
+        cold = first_step_seconds(os.path.join(tmp, "step-cache"))
+        warm = first_step_seconds(os.path.join(tmp, "step-cache"))
+        result["compile"] = {"first_step_empty_cache_seconds": cold, "first_step_filled_cache_seconds": warm,
+                             "compile_seconds": round(cold - warm, 1)}
+        print("compile:", result["compile"], flush=True)
         result["first_run"] = run_train([], cache, out)
         print("first run (compiling):", result["first_run"], flush=True)
         result["sample"] = run_train([], cache, out)
         print("sample (cached kernels):", result["sample"], flush=True)
-        result["compile_seconds"] = round(result["first_run"]["wall_seconds"] - result["sample"]["wall_seconds"], 1)
         if opts.skip_full or datasets.find_all().get("fashion-mnist") is None:
             result["full"] = None
             print("full Fashion-MNIST run skipped", flush=True)

@@ -263,7 +263,7 @@ def build_parser():
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize folder images (default 64 64)")
     train.add_argument("--seed", type=int, default=0,
-                       help="seeds weights, shuffling, dropout, augmentation and the validation split; "
+                       help="seeds the weights, shuffling, dropout, augmentation and a folder's 80/20 split; "
                             "the same seed gives the same accuracy on the same machine (default: 0)")
     train.add_argument("--out", default="minicnn-run", help="output folder (default: ./minicnn-run)")
     train.set_defaults(func=cmd_train)

@@ -1,5 +1,6 @@
 """What `minicnn` prints can be trusted: a reproducible `train`, and `predict` warning about unusual images."""
 
+import pathlib
 import re
 
 import numpy as np
@@ -9,7 +10,8 @@ from PIL import Image
 from minicnn import cli
 from minicnn.datasets import fashion_mnist
 
-SHOES = (5, 7, 9)   # Sandal, Sneaker, Ankle boot
+ANKLE_BOOT = 9
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 def accuracy_line(out):
@@ -50,7 +52,7 @@ def test_real_test_images_give_no_warning(model_file, tmp_path, capsys):
 
 def test_a_dark_shoe_on_white_warns_and_invert_reads_it_as_the_original(model_file, tmp_path, capsys):
     (_, _), (x_test, y_test) = fashion_mnist.load_data(sample=True)
-    i = int(np.flatnonzero(np.isin(y_test, SHOES))[0])
+    i = int(np.flatnonzero(y_test == ANKLE_BOOT)[0])
     photo = save_png(255 - x_test[i], tmp_path / "dark_shoe_on_white.png")   # what a product photo looks like
     original = save_png(x_test[i], tmp_path / "original.png")
     capsys.readouterr()
@@ -58,6 +60,9 @@ def test_a_dark_shoe_on_white_warns_and_invert_reads_it_as_the_original(model_fi
     err = capsys.readouterr().err
     assert err.startswith(f"minicnn: warning: {photo}: unlike the training images: its border is ")
     assert "try --invert" in err and err.count("\n") == 1
+    # the README shows this very warning
+    readme_line = next(line for line in README.read_text().splitlines() if line.startswith("minicnn: warning: shoe.png"))
+    assert err.strip().replace(photo, "shoe.png") == readme_line
     assert cli.main(["predict", str(model_file), photo, "--invert"]) == 0
     inverted = capsys.readouterr()
     assert inverted.err == ""
