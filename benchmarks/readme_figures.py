@@ -19,6 +19,9 @@ everything with ``--seed 0`` by default, so the accuracies repeat from run to ru
 Usage::
 
     python benchmarks/readme_figures.py [--skip-full] [--out benchmarks/results/readme_figures.json]
+
+The run is appended to ``{"runs": [...]}`` in the output file; ``benchmarks/RESULTS.md`` and the
+README quote them.
 """
 
 import argparse
@@ -88,11 +91,31 @@ def run_train(args, cache_dir, out_dir):
             "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2)}
 
 
+def table(path):
+    """The runs recorded in ``path`` as the Markdown table of ``benchmarks/RESULTS.md``."""
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    lines = ["| date (UTC) | run | command | test accuracy | trained in | wall | CPU (all threads) | load before / after |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for run in runs:
+        for key, label in (("first_run", "first (empty cache)"), ("sample", "again (cached)"), ("full", "full data set")):
+            r = run.get(key)
+            if r:
+                cpu = f"{r['cpu_seconds']:.0f} s" if "cpu_seconds" in r else "-"
+                lines.append(f"| {run['date']} | {label} | `{r['command']}` | {r['test_accuracy']:.2%} | {r['train_seconds']} s "
+                             f"| {r['wall_seconds']:.0f} s | {cpu} | {r['load_average_before']} / {r['load_average_after']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-full", action="store_true", help="only the embedded-sample runs")
+    parser.add_argument("--table", action="store_true", help="print the recorded runs as a Markdown table, run nothing")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "readme_figures.json"))
     opts = parser.parse_args(argv)
+    if opts.table:
+        print(table(opts.out))
+        return 0
 
     sys.path.insert(0, ROOT)
     from minicnn import datasets
@@ -116,10 +139,14 @@ def main(argv=None):
             result["full"] = run_train(["--dataset", "fashion-mnist", "--epochs", "10"], cache, out)
             print("full Fashion-MNIST:", result["full"], flush=True)
     os.makedirs(os.path.dirname(opts.out), exist_ok=True)
+    runs = []
+    if os.path.exists(opts.out):   # keep earlier runs: on a shared machine one run is not the whole story
+        with open(opts.out) as f:
+            runs = json.load(f)["runs"]
     with open(opts.out, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump({"runs": runs + [result]}, f, indent=2)
         f.write("\n")
-    print(f"wrote {opts.out}")
+    print(f"added a run to {opts.out}")
     return 0
 
 

@@ -19,8 +19,8 @@ crossed a kink; if the two one-sided slopes ``(L(x + h) - L(x)) / h`` and ``(L(x
 still differ and the backward equals one of them, the kink is at ``x`` itself. Either way the
 element is counted in the table's ``kinks`` column and left out of ``rel_error``; an element whose
 backward matches neither slope stays in, so a wrong gradient still fails. ``model.check_gradients``
-also leaves out samples whose predicted probability the loss clips (``p > 1 - 1e-7``): their
-loss is flat while the fused softmax + cross-entropy backward ``(p - y) / N`` is not.
+also leaves out samples whose predicted probability the loss clips (outside ``[1e-7, 1 - 1e-7]``):
+their loss is flat while the fused softmax + cross-entropy backward ``(p - y) / N`` is not.
 
 Example
 -------

@@ -508,7 +508,8 @@ class Sequential:
         return loss
 
     def check_gradients(self, x, y, **kwargs):
-        """Compare every parameter's backprop gradient with finite differences (see ``minicnn.gradcheck``)."""
+        """Compare every parameter's backprop gradient with finite differences, in float64 on a copy of
+        the model, kinks recognised (``minicnn.gradcheck.check_model``); the model is left as it was."""
         from . import gradcheck
 
         return gradcheck.check_model(self, x, y, **kwargs)
