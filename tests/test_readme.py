@@ -47,3 +47,19 @@ def test_readme_python_blocks_run_in_order_in_one_namespace(tmp_path, monkeypatc
     if needs_torch:
         pytest.skip(f"README python block(s) {needs_torch} need PyTorch, which is not installed")
     assert "one PyTorch training step on the CPU" in out
+
+
+def test_readme_figures_are_those_of_the_recorded_runs():
+    """The accuracy and times README quotes for `minicnn train` are the quietest recorded run's
+    (``benchmarks/readme_figures.py`` appends every run to the JSON file)."""
+    import json
+
+    runs = json.loads((README.parent / "benchmarks" / "results" / "readme_figures.json").read_text())["runs"]
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    quiet = min((r for r in runs if r.get("full")), key=lambda r: r["full"]["load_average_before"])
+    assert f"reaches {quiet['sample']['test_accuracy']:.1%} test accuracy" in text
+    assert f"training for {quiet['sample']['train_seconds']} s on 2 cores" in text
+    assert f"reaches {quiet['full']['test_accuracy']:.1%} in about" in text and f"({quiet['full']['train_seconds']} s)" in text
+    timed = min((r for r in runs if r.get("compile")), key=lambda r: r["first_run"]["load_average_before"])
+    assert f"about {timed['compile']['compile_seconds']:.0f} s while Numba compiles" in text
+    assert all(r["sample"]["test_accuracy"] == runs[0]["sample"]["test_accuracy"] for r in runs)   # seed 0 repeats
