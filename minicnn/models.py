@@ -23,10 +23,10 @@ import numpy as np
 
 from . import activations, config, losses, optimizers, saving
 from . import callbacks as callbacks_module
+from .data.stats import InputStats
 from .layers import InputLayer, Layer
 from .layers import deserialize as deserialize_layer
 from .layers import serialize as serialize_layer
-from .data.stats import InputStats
 from .layers.base import format_shape, unique_name
 
 __all__ = ["Sequential", "load_model"]
@@ -678,7 +678,7 @@ class Sequential:
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             epoch_logs = self._train_epoch(train, cbs, stats if epoch == initial_epoch else None)
-            if stats.count:
+            if epoch == initial_epoch and stats.count:
                 self.input_stats = stats.result()
             if epoch_logs is None:
                 warnings.warn("Your input ran out of data; interrupting training.", stacklevel=2)

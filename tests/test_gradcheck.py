@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import minicnn
 from minicnn import cli, gradcheck, layers
 from minicnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D, ReLU
 from minicnn.layers.base import Layer
