@@ -223,6 +223,19 @@ def _check_array(loss, x, analytic, eps, tolerance, flat_idx, find_kinks=True):
     return _gradient_error(g[keep], numeric[keep]), int(kink.sum())
 
 
+def _check_settings(where, eps, dtype):
+    """The check's dtype name, after refusing a step or a dtype it cannot work with (before any copy)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or not 0 < eps < np.inf:
+        raise ValueError(f"{where}: `eps` must be a positive finite number. Received: eps={eps!r}")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in ("float32", "float64"):
+        raise ValueError(f"{where}: `dtype` must be 'float64' (the default) or 'float32'. Received: dtype={dtype!r}")
+    return name
+
+
 def _dtype_note(obj_dtype, dtype, what):
     if np.dtype(obj_dtype) == np.dtype(dtype):
         return f"in {np.dtype(dtype).name}"
@@ -254,6 +267,7 @@ def check_layer(layer, x, dy=None, eps=1e-5, training=True, seed=0, tolerance=TO
     GradcheckReport
         Rows ``input`` and one per ``layer.params`` key; print it for a table.
     """
+    dtype = _check_settings("check_layer", eps, dtype)
     if not layer.built:
         layer.build((None,) + np.shape(x)[1:])
     clone = _copy_as(layer, dtype)
@@ -312,6 +326,7 @@ def check_model(model, x, y, eps=1e-5, max_elements=None, seed=0, tolerance=TOLE
     -------
     GradcheckReport with one row ``layer/param`` per parameter.
     """
+    dtype = _check_settings("check_gradients", eps, dtype)
     model._check_compiled("check_gradients")
     clone = _model_copy_as(model, dtype)
     x, y = clone._check_arrays(x, y)

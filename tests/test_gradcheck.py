@@ -1,5 +1,7 @@
 """Gradient checks a learner can trust: float64 on a copy, kinks reported, wrong gradients still caught."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -79,6 +81,18 @@ def test_check_layer_leaves_the_layer_as_it_was():
     report = gradcheck.check_layer(layer, x)
     assert report.ok, str(report)
     assert layer.dtype == "float32" and layer.cache == cache and layer._rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dtype="float16"), "`dtype` must be 'float64' (the default) or 'float32'. Received: dtype='float16'"),
+    (dict(eps=0.0), "`eps` must be a positive finite number. Received: eps=0.0"),
+    (dict(eps=float("nan")), "`eps` must be a positive finite number"),
+])
+def test_bad_settings_are_refused_before_anything_is_touched(kwargs, message):
+    layer = Dense(3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gradcheck.check_layer(layer, np.ones((2, 4)), **kwargs)
+    assert not layer.built
 
 
 # ------------------------------------------------------------------------------- kinks
