@@ -328,6 +328,8 @@ def check_model(model, x, y, eps=1e-5, max_elements=None, seed=0, tolerance=TOLE
     """
     dtype = _check_settings("check_gradients", eps, dtype)
     model._check_compiled("check_gradients")
+    if not model.built:
+        raise ValueError("check_gradients: the model has no weights yet; build it, call it on a batch or fit it first.")
     clone = _model_copy_as(model, dtype)
     x, y = clone._check_arrays(x, y)
     rng = np.random.default_rng(seed)

@@ -95,6 +95,14 @@ def test_bad_settings_are_refused_before_anything_is_touched(kwargs, message):
     assert not layer.built
 
 
+def test_an_unbuilt_model_is_refused():
+    model = Sequential([Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="the model has no weights yet"):
+        model.check_gradients(np.ones((2, 4)), np.array([0, 1]))
+    assert not model.built
+
+
 # ------------------------------------------------------------------------------- kinks
 def test_relu_inputs_at_or_near_zero_are_reported_as_kinks_not_errors():
     rng = np.random.default_rng(5)
