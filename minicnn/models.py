@@ -29,6 +29,7 @@ import numpy as np
 
 from . import activations, config, losses, optimizers, saving
 from . import callbacks as callbacks_module
+from .data.stats import InputStats
 from .layers import InputLayer, Layer
 from .layers import deserialize as deserialize_layer
 from .layers import serialize as serialize_layer
@@ -226,6 +227,8 @@ class Sequential:
         self.history = None
         self.class_names = None
         self._shuffle_rng = None   # created by the first shuffling fit; saved with the model
+        #: Per-channel brightness of the training images (``minicnn.data.stats``), set by ``fit``.
+        self.input_stats = None
         for layer in layers or []:
             self.add(layer)
 
@@ -525,7 +528,8 @@ class Sequential:
         return loss
 
     def check_gradients(self, x, y, **kwargs):
-        """Compare every parameter's backprop gradient with finite differences (see ``minicnn.gradcheck``)."""
+        """Compare every parameter's backprop gradient with finite differences, in float64 on a copy of
+        the model, kinks recognised (``minicnn.gradcheck.check_model``); the model is left as it was."""
         from . import gradcheck
 
         return gradcheck.check_model(self, x, y, **kwargs)
@@ -687,10 +691,13 @@ class Sequential:
                                             verbose=verbose, epochs=epochs, steps=train.steps)
         self.stop_training = False
         logs = {}
+        stats = InputStats()   # of the batches of the first epoch: the images the model learns from
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            epoch_logs = self._train_epoch(train, cbs)
+            epoch_logs = self._train_epoch(train, cbs, stats if epoch == initial_epoch else None)
+            if epoch == initial_epoch and stats.count:
+                self.input_stats = stats.result()
             if epoch_logs is None:
                 warnings.warn("Your input ran out of data; interrupting training.", stacklevel=2)
                 break
@@ -729,10 +736,15 @@ class Sequential:
         except (ValueError, TypeError) as err:
             raise type(err)(f"In `validation_data`: {err}") from None
 
-    def _train_epoch(self, data, cbs):
-        """One pass over ``data``; the epoch's logs (running means), or None if there was no batch."""
+    def _train_epoch(self, data, cbs, stats=None):
+        """One pass over ``data``; the epoch's logs (running means), or None if there was no batch.
+
+        ``stats``, an ``InputStats``, also counts every batch's images.
+        """
         means = _RunningMeans()
         for step, (xb, yb) in enumerate(data.batches()):
+            if stats is not None:
+                stats.add(xb)
             cbs.on_train_batch_begin(step)
             loss, y_pred = self.train_step(xb, yb)
             means.add(self._batch_logs(loss, yb, y_pred), len(xb))

@@ -305,7 +305,6 @@ def serialize(optimizer):
     A learning-rate schedule from ``minicnn.schedules.SCHEDULES`` is stored as its ``serialize``
     dict; any other callable is stored as its current value (with a warning).
     """
-    from . import schedules
 
     config = optimizer.get_config()
     lr = optimizer._learning_rate
@@ -328,7 +327,6 @@ def deserialize(data):
 
     Nothing named in ``data`` is imported or called; anything else is a ValueError.
     """
-    from . import schedules
     from .registry import from_config
 
     if isinstance(data, dict) and isinstance(data.get("config"), dict):

@@ -4,7 +4,8 @@ A model file is a NumPy ``.npz`` archive (a zip of uncompressed ``.npy`` arrays)
 
     __meta__      a JSON string: format, architecture (each layer's config), compile settings
                   (optimizer config, loss, metrics), the names, shapes and SHA-256 digests of all
-                  arrays below, the optimizer's step counter, random-generator states, class_names
+                  arrays below, the optimizer's step counter, random-generator states, class_names,
+                  input_stats (per-channel brightness of the training images, ``minicnn.data.stats``)
     w0, w1, ...   the weights, in ``model.get_weights()`` order
     s0, s1, ...   the optimizer's slots (Adam's m and v of every parameter)
 
@@ -44,6 +45,7 @@ import zipfile
 import numpy as np
 
 from . import config
+from .data import stats as input_stats_
 from .layers.base import Layer
 from .metrics import METRICS
 from .registry import short
@@ -214,6 +216,7 @@ def save_model(model, path, overwrite=True):
         "rng_states": _rng_states(model),
         "shuffle_rng_state": None if shuffle_rng is None else shuffle_rng.bit_generator.state,
         "class_names": None if model.class_names is None else [str(c) for c in model.class_names],
+        "input_stats": getattr(model, "input_stats", None),
     }
     arrays["__meta__"] = _meta_array(meta)
     return write_npz_atomically(path, arrays, overwrite=overwrite)
@@ -410,14 +413,6 @@ def _set_rng_state(rng, state, what):
         raise ValueError(f"bad random-generator state for {what}: {err}") from None
 
 
-def _input_stats(value):
-    """The optional ``input_stats`` record: a dict of names to finite floats, or None."""
-    if not (value is None or isinstance(value, dict) and all(
-            isinstance(k, str) and type(v) in (int, float) and math.isfinite(v) for k, v in value.items())):
-        raise ValueError(f"`input_stats` must be a dict of names to finite numbers. Received: {short(value)}")
-    return None if value is None else {k: float(v) for k, v in value.items()}
-
-
 def _class_names(value, model):
     if value is None:
         return None
@@ -474,7 +469,7 @@ def _load_model(archive, compile):
         raise ValueError(f"the optimizer state must list its slots. Received: {short(state)}")
     _check_members(archive, len(planned), len(slots))
     _check_weights(archive, meta, planned)
-    class_names, input_stats = meta.get("class_names"), _input_stats(meta.get("input_stats"))
+    class_names, stats = meta.get("class_names"), input_stats_.checked(meta.get("input_stats"))
     model = Sequential.from_config(meta["model"])   # every shape is known to match the file: now allocate
     model.set_weights(_read_weights(archive, meta["weights"]))
     rng_states = meta.get("rng_states") or {}
@@ -488,8 +483,8 @@ def _load_model(archive, compile):
     if compile and settings:
         _compile(archive, model, settings, state, slots)
     model.class_names = _class_names(class_names, model)
-    if "input_stats" in meta:
-        model.input_stats = input_stats
+    channels = model.input_shape[-1] if model.built and len(model.input_shape) == 4 else None
+    model.input_stats = input_stats_.checked(stats, channels)
     return model
 
 

@@ -325,10 +325,11 @@ assert np.isclose(err, (N - 1) / (N + 1))
 
 # %% [markdown]
 # **Not a bug: float32.** The same correct Conv2D (here with a smooth `tanh` activation), built once
-# in float64 and once in float32 with the same weights. The numerical gradient divides
-# a difference of two nearly equal float32 losses (7 significant digits) by $2\varepsilon$, so it
-# is only good to about $10^{-7}/10^{-5} = 10^{-2}$ relative. Errors of $10^{-4}$ to $10^{-2}$
-# are rounding, not a wrong formula: rerun the check in float64.
+# in float64 and once in float32 with the same weights. `check_layer` always works on a float64
+# copy unless told otherwise; `dtype="float32"` runs the check in float32 to show why. The numerical
+# gradient divides a difference of two nearly equal float32 losses (7 significant digits) by
+# $2\varepsilon$, so it is only good to about $10^{-7}/10^{-5} = 10^{-2}$ relative. Errors of
+# $10^{-4}$ to $10^{-2}$ are rounding, not a wrong formula: that is why checks run in float64.
 
 # %%
 x_check = rng.standard_normal((2, 6, 6, 2))
@@ -337,7 +338,7 @@ conv64.build(x_check.shape)
 conv32 = Conv2D(3, 3, activation="tanh", dtype="float32", name="conv32")
 conv32.build(x_check.shape)
 conv32.set_weights(conv64.get_weights())                          # the same weights, rounded to float32
-fp32, fp64 = check_layer(conv32, x_check), check_layer(conv64, x_check)
+fp32, fp64 = check_layer(conv32, x_check, dtype="float32"), check_layer(conv64, x_check)
 print(fp32, "\n\n", fp64)
 assert 1e-6 < fp32.max_error < 0.1 and fp64.ok
 
@@ -351,7 +352,7 @@ assert 1e-6 < fp32.max_error < 0.1 and fp64.ok
 
 # %%
 steps = np.logspace(-9, -1, 9 if SMOKE else 17)
-sweep = {name: [check_layer(layer, x_check, eps=e).max_error for e in steps]
+sweep = {name: [check_layer(layer, x_check, eps=e, dtype=name, kinks=False).max_error for e in steps]
          for name, layer in (("float64", conv64), ("float32", conv32))}
 for name, errors in sweep.items():
     print(name, " ".join(f"{e:.0e}" for e in errors))
@@ -371,20 +372,30 @@ assert min(sweep["float64"]) < 1e-9 and min(sweep["float32"]) > 1e-6
 # an image whose 2×2 windows are constant: a nudge up makes the nudged input the winner, a nudge
 # down leaves another one winning, so the central difference gives each tied input half of $dy$,
 # while backward (like PyTorch and Keras) gives all of it to the first one. The error is exactly
-# $0.5$. ReLU has the same kink at 0. This is why gradient checks use random inputs, away from ties
-# and kinks.
+# $0.5$. ReLU has the same kink at 0. `kinks=False` shows the naive comparison:
 
 # %%
 ties = np.repeat(np.repeat(rng.standard_normal((1, 2, 2, 1)), 2, axis=1), 2, axis=2)   # constant 2x2 blocks
-kink = check_layer(MaxPooling2D(2, dtype="float64"), ties)
+kink = check_layer(MaxPooling2D(2, dtype="float64"), ties, kinks=False)
 print(ties[0, :, :, 0], "\n", kink)
 assert np.isclose(kink.max_error, 0.5)
+
+# %% [markdown]
+# By default the check looks again at every element that disagrees: with a step 100 times smaller,
+# and with the two one-sided slopes $(L(x+h) - L(x))/h$ and $(L(x) - L(x-h))/h$. At a kink those
+# differ and the backward equals one of them; the element is then counted in the `kinks` column and
+# left out of the error, instead of failing. A backward that matches neither slope still fails.
+
+# %%
+kink = check_layer(MaxPooling2D(2, dtype="float64"), ties)
+print(kink)
+assert kink.ok and kink.kinks["input"] == ties.size
 
 # %% [markdown]
 # | relative error | what it usually means |
 # |---|---|
 # | $10^{-12}$ to $10^{-8}$ | correct (in float64) |
-# | $10^{-6}$ to $10^{-2}$ | float32 rounding, or an input sitting on a kink (ReLU at 0, a max-pool tie) |
+# | $10^{-6}$ to $10^{-2}$ | float32 rounding, or an input sitting on a kink (ReLU at 0, a max-pool tie) when checked with `kinks=False` |
 # | $0.1$ to $1$ | a bug: wrong index, transposed or flipped kernel, missing term |
 # | exactly $(k-1)/(k+1)$ | off by a factor $k$ (a missing $1/N$, a doubled sum) |
 #

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from minicnn.callbacks import Callback, ModelCheckpoint, TerminateOnNaN
-from minicnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
-from minicnn.layers.preprocessing import RandomFlip
+from minicnn.layers import Conv2D, Dense, Flatten, Input
 from minicnn.models import Sequential, load_model
 from minicnn.utils import set_random_seed
 

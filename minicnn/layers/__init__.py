@@ -1,5 +1,6 @@
 """Layers: thin stateful classes over ``minicnn.kernels`` (see ``base.Layer`` for the contract)."""
 
+from ..registry import from_config
 from .activation_layers import ELU, LeakyReLU
 from .base import Layer
 from .conv import Conv2D
@@ -26,7 +27,6 @@ from .preprocessing import (
     Resizing,
 )
 from .reshaping import ZeroPadding2D
-from ..registry import from_config
 
 _BUILTIN = [
     Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, ELU, Flatten, GlobalAveragePooling2D,
