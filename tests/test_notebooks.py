@@ -73,3 +73,45 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{path.name} failed in smoke mode:\n{err}", pytrace=False)
+
+
+PROGRESS_CELL = """
+import time
+import numpy as np
+from minicnn.callbacks import LambdaCallback
+from minicnn.layers import Dense, Flatten, Input
+from minicnn.models import Sequential
+
+rng = np.random.default_rng(0)
+x, y = rng.standard_normal((10, 4, 4, 1)).astype(np.float32), rng.integers(0, 3, 10)
+model = Sequential([Input(shape=(4, 4, 1)), Flatten(), Dense(3, activation="softmax")])
+model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+print("before fit")
+slow = LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.03))   # > the bar's 0.05 s interval
+model.fit(x, y, epochs=3, batch_size=1, callbacks=[slow])
+"""
+
+
+def test_progress_bar_in_a_notebook_is_one_updated_output_per_epoch(tmp_path, monkeypatch):
+    """In Jupyter the bar is one display per epoch, updated in place: no pile of ``\\r`` outputs, no colour codes.
+
+    The bar first appears after step 1 and is redrawn every 0.05 s; the stored display shows step 10/10,
+    so the later draws updated that one output instead of adding new ones.
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PROGRESS_CELL)])
+    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    displays = [out.data["text/plain"] for out in outputs if out.output_type == "display_data"]
+    streams = "".join(out.text for out in outputs if out.output_type == "stream")
+    assert streams == "before fit\n", streams
+    assert len(displays) == 3, outputs
+    for epoch, text in enumerate(displays, start=1):
+        header, line = text.split("\n")
+        assert header == f"Epoch {epoch}/3"
+        assert line.startswith("10/10 " + "━" * 20) and " - loss: " in line, line
+        assert "\x1b" not in text and "\r" not in text
