@@ -115,3 +115,62 @@ def test_progress_bar_in_a_notebook_is_one_updated_output_per_epoch(tmp_path, mo
         assert header == f"Epoch {epoch}/3"
         assert line.startswith("10/10 " + "━" * 20) and " - loss: " in line, line
         assert "\x1b" not in text and "\r" not in text
+
+
+def _learner_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_learner_copies", NOTEBOOK_DIR / "make_learner_copies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_learner_copies_writes_a_stub_for_every_solution(tmp_path):
+    tool = _learner_tool()
+    assert tool.main(["--out", str(tmp_path)]) == 0
+    for path in NOTEBOOKS:
+        solved = json.loads(path.read_text(encoding="utf-8"))
+        learner = json.loads((tmp_path / path.name).read_text(encoding="utf-8"))
+        tagged = [i for i, c in enumerate(solved["cells"]) if "solution" in c["metadata"].get("tags", [])]
+        stubs = [i for i, c in enumerate(learner["cells"]) if "exercise" in c["metadata"].get("tags", [])]
+        assert tagged, f"{path.name}: no cell is tagged 'solution'"
+        assert stubs == tagged, f"{path.name}: solution cells {tagged}, stubs {stubs}"
+        for i, (a, b) in enumerate(zip(solved["cells"], learner["cells"])):
+            if i in tagged:
+                assert "".join(b["source"]) != "".join(a["source"])
+            else:
+                assert b["source"] == a["source"], f"{path.name}: cell {i} changed but is no solution"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_every_exercise_check_fails_on_its_stub(path, tmp_path, monkeypatch):
+    """The learner copy runs top to bottom (errors allowed); each stub runs, and the check after it fails.
+
+    The failure must come from the check's own test (an assertion, a comparison, NotImplementedError
+    from the stub), not from a name the stub forgot to define. The solved notebook passing the same
+    checks is ``test_notebook_runs``.
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("MINICNN_SMOKE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MINICNN_NOTEBOOK_OUT", str(tmp_path / "out"))
+    work = tmp_path / "run"
+    work.mkdir()
+    assert _learner_tool().main(["--out", str(work), str(path)]) == 0
+    nb = nbformat.read(work / path.name, as_version=4)
+    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(work)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = {i: next((o for o in c.outputs if o.output_type == "error"), None) for i, c in enumerate(code)}
+    stubs = [i for i, c in enumerate(code) if "exercise" in c.metadata.get("tags", [])]
+    before = [i for i in range(stubs[0]) if errors[i]]
+    assert not before, f"{path.name}: cells before the exercises failed: {[errors[i].ename for i in before]}"
+    for i in stubs:
+        assert errors[i] is None, f"{path.name}: the stub itself fails: {errors[i].ename}: {errors[i].evalue}"
+        check = errors[i + 1]
+        assert check is not None, f"{path.name}: the check after stub cell {i} passes on the stub:\n{code[i].source}"
+        assert check.ename not in ("NameError", "SyntaxError"), (
+            f"{path.name}: the check after stub {i} fails for the wrong reason: {check.ename}: {check.evalue}")
