@@ -1,11 +1,14 @@
 """The tutorial notebooks: stored without outputs, in sync with their sources, and runnable top to bottom.
 
 ``notebooks/NN_topic.py`` (jupytext py:percent) is the source of truth; ``notebooks/NN_topic.ipynb`` is
-generated from it with ``jupytext --to ipynb notebooks/NN_topic.py`` and committed with no outputs.
+generated from it with ``jupytext --update --to ipynb notebooks/NN_topic.py`` (``--update`` keeps the cell ids) and committed with no outputs.
 Each notebook is executed in a fresh ``python3`` kernel in smoke mode (``MINICNN_SMOKE=1``: fewer images
 and epochs) with a headless matplotlib (``MPLBACKEND=Agg``); its ``assert`` cells are the test. The
 kernel inherits this process's environment, and the files a notebook writes go to a temporary folder
-(``MINICNN_NOTEBOOK_OUT``), never into the repository.
+(``MINICNN_NOTEBOOK_OUT``), never into the repository; its temporary folders are deleted by the end.
+
+Also here: the learner copies (``notebooks/make_learner_copies.py``: every exercise's check fails on
+its stub), the README's list of notebooks, and the progress bar's behaviour inside a notebook.
 """
 
 import json
@@ -27,7 +30,7 @@ def _ids(paths):
 def test_every_source_has_a_notebook_and_back():
     assert SOURCES, f"no notebook sources found in {NOTEBOOK_DIR}"
     assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS], (
-        "each notebooks/NN_topic.py needs its notebooks/NN_topic.ipynb (run `jupytext --to ipynb` on it), "
+        "each notebooks/NN_topic.py needs its notebooks/NN_topic.ipynb (run `jupytext --update --to ipynb` on it), "
         "and each .ipynb its .py source"
     )
 
@@ -50,7 +53,7 @@ def test_notebook_matches_its_source(path):
     cells = [(c.cell_type, c.source) for c in source.cells]
     assert [(c.cell_type, c.source) for c in stored.cells] == cells, (
         f"{path.name} differs from {path.with_suffix('.py').name}: regenerate it with "
-        f"`jupytext --to ipynb {path.with_suffix('.py').relative_to(NOTEBOOK_DIR.parent)}`"
+        f"`jupytext --update --to ipynb {path.with_suffix('.py').relative_to(NOTEBOOK_DIR.parent)}`"
     )
 
 
@@ -62,6 +65,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINICNN_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("MINICNN_NOTEBOOK_OUT", str(tmp_path / "out"))
+    scratch = tmp_path / "tmp"                # the kernel's temporary folder: empty again at the end
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     work = tmp_path / "run"                   # the kernel's working directory: a copy, not the repository
     work.mkdir()
     shutil.copy(path, work / path.name)
@@ -73,6 +79,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{path.name} failed in smoke mode:\n{err}", pytrace=False)
+    left = sorted(p.name for p in scratch.iterdir())
+    assert not left, f"{path.name} left temporary files or folders behind: {left}"
 
 
 PROGRESS_CELL = """
@@ -174,3 +182,12 @@ def test_every_exercise_check_fails_on_its_stub(path, tmp_path, monkeypatch):
         assert check is not None, f"{path.name}: the check after stub cell {i} passes on the stub:\n{code[i].source}"
         assert check.ename not in ("NameError", "SyntaxError"), (
             f"{path.name}: the check after stub {i} fails for the wrong reason: {check.ename}: {check.evalue}")
+
+
+def test_readme_lists_every_notebook_in_order():
+    readme = (NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Notebooks"):]
+    section = section[:section.index("\n## ", 1)]
+    listed = [line.split("](notebooks/")[1].split(")")[0] for line in section.splitlines() if "](notebooks/" in line]
+    assert listed == [p.name for p in NOTEBOOKS], listed
+    assert "python notebooks/make_learner_copies.py" in section and "jupyter lab notebooks/" in section
