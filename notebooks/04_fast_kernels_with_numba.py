@@ -53,8 +53,8 @@ SMOKE = os.environ.get("MINICNN_SMOKE") == "1"   # CI sets it: smaller sizes, sa
 rng = np.random.default_rng(0)
 
 # BLAS (behind NumPy's matrix products) and Numba each start their own threads. On a small machine
-# that also runs other programs, the two pools fight over the cores and a 0.2 ms matrix product can
-# take 10 ms. To compare *algorithms*, this notebook holds BLAS to one thread with threadpoolctl
+# that also runs other programs, the two pools fight over the cores and a small matrix product can
+# take many times longer than it should. To compare *algorithms*, this notebook holds BLAS to one thread with threadpoolctl
 # (it works after NumPy is imported, for OpenBLAS, MKL and BLIS alike); the last cell restores it.
 blas_one_thread = threadpool_limits(limits=1, user_api="blas")
 blas = [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas"]
