@@ -136,16 +136,10 @@ def _format_per_step(seconds, unit="step"):
 
 
 def _output_kind(stream):
-    """Where the bar is drawn: ``"jupyter"`` (a notebook cell), ``"terminal"`` (a TTY) or ``"log"`` (anything else).
-
-    A notebook cell is recognised by its stream, IPython kernel's ``OutStream``, not by the
-    kernel being loaded: ``print`` redirected to a file inside a notebook is a log.
-    """
+    """``"jupyter"`` (a notebook cell's own stream, not any stream of a kernel), ``"terminal"`` or ``"log"``."""
     if type(stream).__module__.split(".")[0] == "ipykernel":
         return "jupyter"
-    if hasattr(stream, "isatty") and stream.isatty():
-        return "terminal"
-    return "log"
+    return "terminal" if hasattr(stream, "isatty") and stream.isatty() else "log"
 
 
 class Progbar:
@@ -226,11 +220,11 @@ class Progbar:
             self.stream.flush()
 
     def _show_in_notebook(self, line):
-        from IPython.display import display   # only reached inside an IPython kernel
+        from IPython.display import display  # only reached inside an IPython kernel
 
         text = {"text/plain": f"{self.header}\n{line}" if self.header else line}
         if self._display is None:
-            self.stream.flush()   # text printed before the bar stays above it
+            self.stream.flush()  # text printed before the bar stays above it
             self._display = display(text, raw=True, display_id=True)
         else:
             self._display.update(text, raw=True)

@@ -57,30 +57,39 @@ def test_notebook_matches_its_source(path):
     )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def _run_in_smoke_mode(path, tmp_path, monkeypatch, allow_errors=False):
+    """Execute notebook ``path`` in a fresh kernel, in smoke mode, from a copy in ``tmp_path``; returns it.
+
+    The kernel's temporary folder (``TMPDIR``) is a folder of its own, which must be empty at the end.
+    """
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     monkeypatch.setenv("MINICNN_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("MINICNN_NOTEBOOK_OUT", str(tmp_path / "out"))
-    scratch = tmp_path / "tmp"                # the kernel's temporary folder: empty again at the end
+    scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
     work = tmp_path / "run"                   # the kernel's working directory: a copy, not the repository
-    work.mkdir()
-    shutil.copy(path, work / path.name)
+    work.mkdir(exist_ok=True)
+    if path.parent != work:
+        shutil.copy(path, work / path.name)
     nb = nbformat.read(work / path.name, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(work)}}
-    )
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=allow_errors,
+                                     resources={"metadata": {"path": str(work)}})
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{path.name} failed in smoke mode:\n{err}", pytrace=False)
     left = sorted(p.name for p in scratch.iterdir())
     assert not left, f"{path.name} left temporary files or folders behind: {left}"
+    return nb
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    _run_in_smoke_mode(path, tmp_path, monkeypatch)
 
 
 PROGRESS_CELL = """
@@ -159,18 +168,10 @@ def test_every_exercise_check_fails_on_its_stub(path, tmp_path, monkeypatch):
     from the stub), not from a name the stub forgot to define. The solved notebook passing the same
     checks is ``test_notebook_runs``.
     """
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    monkeypatch.setenv("MINICNN_SMOKE", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("MINICNN_NOTEBOOK_OUT", str(tmp_path / "out"))
     work = tmp_path / "run"
     work.mkdir()
     assert _learner_tool().main(["--out", str(work), str(path)]) == 0
-    nb = nbformat.read(work / path.name, as_version=4)
-    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(work)}}).execute()
+    nb = _run_in_smoke_mode(work / path.name, tmp_path, monkeypatch, allow_errors=True)
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = {i: next((o for o in c.outputs if o.output_type == "error"), None) for i, c in enumerate(code)}
     stubs = [i for i, c in enumerate(code) if "exercise" in c.metadata.get("tags", [])]
