@@ -21,7 +21,8 @@
 # **What you will learn**
 #
 # - how much faster vectorized NumPy and Numba-compiled loops are than plain Python loops, and
-#   why minicnn's Numba backend still hands the heavy arithmetic to a matrix product;
+#   why minicnn's Numba backend hands the heavy arithmetic to a matrix product, except where a
+#   register-tiled loop nest does better;
 # - why memory layout and loop order matter: the innermost loop should walk through consecutive
 #   addresses;
 # - how a parallel loop (`prange`) silently gives wrong answers when two threads add into the same
@@ -448,7 +449,7 @@ assert numba_tiles.TILE_OPTIONS["fastmath"] == {"contract"} and numba_cpu.JIT_OP
 #
 # ## Summary
 #
-# - Python loops: thousands of times too slow. NumPy: fast when the work is a few big array
+# - Python loops: orders of magnitude too slow. NumPy: fast when the work is a few big array
 #   operations. Numba: the loops themselves, compiled; fastest where no array operation fits.
 # - For the arithmetic of a convolution, one large matrix product (im2col + BLAS) beats any simple
 #   loop nest once there are more than a few channels; a loop nest that keeps a tile of outputs in
