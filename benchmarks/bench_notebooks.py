@@ -6,8 +6,8 @@
 Each notebook runs in its own Jupyter kernel, in a temporary working folder, with ``MINICNN_SMOKE``
 unset and a headless matplotlib. The wall time includes the kernel's start and the notebooks'
 own Numba compilation (the cache folder in use is reported). Results go to
-``benchmarks/results/notebooks.json`` (one record per run, appended) and the latest run is
-written as a table to ``benchmarks/NOTEBOOK_TIMES.md``. The machine's load average is recorded
+``benchmarks/results/notebooks.json`` (one record per run, appended), and each notebook's latest
+time goes into the table ``benchmarks/NOTEBOOK_TIMES.md``. The machine's load average is recorded
 before and after each notebook: on a shared machine the times are upper bounds.
 """
 
@@ -52,6 +52,34 @@ def run_notebook(path, timeout=1800):
         return time.perf_counter() - start
 
 
+def write_table(history):
+    """``NOTEBOOK_TIMES.md``: each notebook's latest full-size run, with the run's date and machine."""
+    latest = {}
+    for run in history:                                  # later runs replace earlier ones
+        for row in run["notebooks"]:
+            latest[row["notebook"]] = (run, row)
+    lines = [
+        "# Full-size run of every notebook",
+        "",
+        "Written by `python benchmarks/bench_notebooks.py` (raw records: `results/notebooks.json`). Wall time",
+        "per notebook in a fresh kernel, kernel start and the notebooks' own compilation included, with",
+        "`MINICNN_SMOKE` unset (the full Fashion-MNIST when it is installed). The machine was shared with",
+        "other work while these ran: the load average (1 minute) is given before and after each notebook,",
+        "and the times are upper bounds for an idle machine.",
+        "",
+        "| notebook | seconds | load average before -> after | date (UTC) | machine | data |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in [p.stem for p in NOTEBOOKS if p.stem in latest]:
+        run, row = latest[name]
+        data = "full Fashion-MNIST" if run["full_fashion_mnist"] else "sample"
+        lines.append(f"| {name} | {row['seconds']:.0f} | {row['load_before']:.1f} -> {row['load_after']:.1f} | "
+                     f"{run['date']} | {run['machine']}; {run['versions']} | {data} |")
+    total = sum(latest[name][1]["seconds"] for name in latest)
+    lines += [f"| **total** | **{total:.0f}** | | | | |", ""]
+    TABLE.write_text("\n".join(lines))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="notebook names (stems) to run; default all")
@@ -87,24 +115,9 @@ def main(argv=None):
 
     history = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     history.append(record)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(history, indent=1) + "\n")
-    lines = [
-        "# Full-size run of every notebook",
-        "",
-        f"Measured {record['date']} with `python benchmarks/bench_notebooks.py` on {record['machine']};",
-        f"{record['versions']}; Fashion-MNIST: {record['full_fashion_mnist'] or 'the sample shipped with minicnn'}.",
-        "Wall time per notebook in a fresh kernel (kernel start and the notebooks' own compilation",
-        "included). The machine was shared with other work while this ran: the load average (1 minute)",
-        "is given before and after each notebook, and the times are upper bounds.",
-        "",
-        "| notebook | seconds | load average before -> after |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {r['notebook']} | {r['seconds']:.0f} | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
-              for r in record["notebooks"]]
-    lines += [f"| **total** | **{record['total_seconds']:.0f}** | |", ""]
-    if len(paths) == len(NOTEBOOKS):
-        TABLE.write_text("\n".join(lines))
+    write_table(history)
     return 0
 
 
