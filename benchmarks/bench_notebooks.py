@@ -63,16 +63,16 @@ def write_table(history):
         "",
         "Written by `python benchmarks/bench_notebooks.py` (raw records: `results/notebooks.json`). Wall time",
         "per notebook in a fresh kernel, kernel start and the notebooks' own compilation included, with",
-        "`MINICNN_SMOKE` unset (the full Fashion-MNIST when it is installed). The machine was shared with",
+        "`MINICNN_SMOKE` unset (notebooks 05 and 06 then train on the full Fashion-MNIST when it is installed). The machine was shared with",
         "other work while these ran: the load average (1 minute) is given before and after each notebook,",
         "and the times are upper bounds for an idle machine.",
         "",
-        "| notebook | seconds | load average before -> after | date (UTC) | machine | data |",
+        "| notebook | seconds | load average before -> after | date (UTC) | machine | full Fashion-MNIST installed |",
         "|---|---|---|---|---|---|",
     ]
     for name in [p.stem for p in NOTEBOOKS if p.stem in latest]:
         run, row = latest[name]
-        data = "full Fashion-MNIST" if run["full_fashion_mnist"] else "sample"
+        data = "yes (05 and 06 use it)" if run["full_fashion_mnist"] else "no (the sample)"
         lines.append(f"| {name} | {row['seconds']:.0f} | {row['load_before']:.1f} -> {row['load_after']:.1f} | "
                      f"{run['date']} | {run['machine']}; {run['versions']} | {data} |")
     total = sum(latest[name][1]["seconds"] for name in latest)
