@@ -335,28 +335,32 @@ assert max(owned_errors) < 1e-9
 # %% [markdown]
 # How often the racy version goes wrong depends on whether its threads really run at the same
 # moment, which on a busy machine they may not (then it passes). To see the race every time, make
-# the threads *contend*: every iteration adds 1 into one of only 4 counters (a histogram), so two
-# threads that run together collide constantly, and keep trying until the threads overlap.
+# the threads *contend*: give each thread one long part of the work (so that the parts overlap in
+# time even if a thread starts late), and let every step add 1 into one of only 4 counters (a
+# histogram), so that two threads running together collide constantly. Then try until they overlap.
 
 # %%
 @njit(parallel=True)
-def histogram_racy(bins, n_bins):
+def histogram_racy(bins, n_bins, parts):
     counts = np.zeros(n_bins, np.int64)
-    for k in prange(bins.size):                   # WRONG: every k may write to any counter
-        counts[bins[k]] += 1
+    size = bins.size // parts
+    for p in prange(parts):                       # WRONG: every part adds into the same 4 counters
+        for k in range(p * size, (p + 1) * size):
+            counts[bins[k]] += 1
     return counts
 
 
-bins = rng.integers(0, 4, 4_000_000)
-exact = np.bincount(bins, minlength=4)
-histogram_racy(bins[:10], 4)                      # compile first
+bins = rng.integers(0, 4, 20_000_000, dtype=np.int8)
+threads = numba.get_num_threads()
+histogram_racy(bins[:10], 4, 1)                   # compile first
 tries, lost = 0, 0
 deadline = time.perf_counter() + 30
-while lost == 0 and numba.get_num_threads() > 1 and time.perf_counter() < deadline:
+while lost == 0 and threads > 1 and time.perf_counter() < deadline:
     tries += 1
-    lost = int(exact.sum() - histogram_racy(bins, 4).sum())
-print(f"{numba.get_num_threads()} threads: {lost:,} of {bins.size:,} additions lost in try {tries}")
-assert lost > 0 or numba.get_num_threads() == 1, "the threads never overlapped in 30 s: is the machine very busy?"
+    counted = histogram_racy(bins[:bins.size // threads * threads], 4, threads)
+    lost = bins.size // threads * threads - int(counted.sum())
+print(f"{threads} threads: {lost:,} of {bins.size:,} additions lost in try {tries}")
+assert lost > 0 or threads == 1, "the threads never ran at the same time in 30 s: is the machine very busy?"
 
 # %% [markdown]
 # With two or more threads running together the racy versions are wrong, by a different amount on
