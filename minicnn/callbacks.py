@@ -135,25 +135,33 @@ def _format_per_step(seconds, unit="step"):
     return f"{seconds * 1e6:.0f}us/{unit}"
 
 
-def _interactive(stream):
-    """True on a terminal and in Jupyter (whose stdout is not a TTY but renders ``\\r``)."""
-    is_tty = hasattr(stream, "isatty") and stream.isatty()
-    return bool(is_tty or "ipykernel" in sys.modules)
+def _output_kind(stream):
+    """``"jupyter"`` (a notebook cell's own stream, not any stream of a kernel), ``"terminal"`` or ``"log"``."""
+    if type(stream).__module__.split(".")[0] == "ipykernel":
+        return "jupyter"
+    return "terminal" if hasattr(stream, "isatty") and stream.isatty() else "log"
 
 
 class Progbar:
     """Keras's progress bar: ``1875/1875 ━━━━━━━━━━━━━━━━━━━━ 3s 1ms/step - loss: 0.4321``.
 
-    verbose=1 redraws the line in place (``\\r``) on a terminal or in Jupyter, at most every
-    ``interval`` seconds; elsewhere (a log file, CI) only the final line is printed, so logs stay
-    clean. verbose=2 prints one line at the end: ``1875/1875 - 3s - 1ms/step - loss: 0.4321``.
+    verbose=1 draws the line where it is shown, at most every ``interval`` seconds:
+
+    - on a terminal, Keras's look: the line is redrawn in place (``\\r``), the bar in colour;
+    - in a Jupyter notebook, one plain-text display per bar (with the ``header``, e.g.
+      ``Epoch 2/5``, above it) that is updated in place, so a stored notebook keeps one output
+      per epoch, not one per redraw, and no terminal colour codes;
+    - anywhere else (a log file, CI) only the final line, so logs stay clean.
+
+    verbose=2 prints one line at the end: ``1875/1875 - 3s - 1ms/step - loss: 0.4321``.
     The time per step leaves out the first step, which includes one-off costs (JIT compilation).
     """
 
     width = 20
 
-    def __init__(self, target, verbose=1, interval=0.05, unit_name="step", stream=None):
+    def __init__(self, target, verbose=1, interval=0.05, unit_name="step", stream=None, header=None):
         self.target = target
+        self.header = header
         self.verbose = verbose
         self.interval = interval
         self.unit_name = unit_name
@@ -162,7 +170,10 @@ class Progbar:
         self._last_update = 0.0
         self._after_first_step = None
         self._prev_width = 0
-        self._dynamic = _interactive(self.stream)
+        self._kind = _output_kind(self.stream)
+        self._display = None  # the notebook display this bar updates (Jupyter only)
+        if self.header and (verbose == 2 or (verbose == 1 and self._kind != "jupyter")):
+            self.stream.write(self.header + "\n")
 
     @property
     def stream(self):
@@ -187,11 +198,14 @@ class Progbar:
         now = time.perf_counter()
         per_step = self._time_per_step(current, now)
         if self.verbose == 1:
-            if not finalize and (not self._dynamic or now - self._last_update < self.interval):
+            if not finalize and (self._kind == "log" or now - self._last_update < self.interval):
                 return
             self._last_update = now
             line = self._line(current, values, per_step, now, finalize)
-            if self._dynamic:
+            if self._kind == "jupyter":
+                self._show_in_notebook(line)
+                return
+            if self._kind == "terminal":
                 pad = " " * max(self._prev_width - len(line), 0)
                 colored = line.replace(self._bar_text, self._colored_bar, 1) if self._bar_text else line
                 self.stream.write("\r" + colored + pad + ("\n" if finalize else ""))
@@ -204,6 +218,16 @@ class Progbar:
             metrics = "".join(f" - {k}: {_format_value(v)}" for k, v in values)
             self.stream.write(f"{count} - {now - self._start:.0f}s - {_format_per_step(per_step, self.unit_name)}{metrics}\n")
             self.stream.flush()
+
+    def _show_in_notebook(self, line):
+        from IPython.display import display  # only reached inside an IPython kernel
+
+        text = {"text/plain": f"{self.header}\n{line}" if self.header else line}
+        if self._display is None:
+            self.stream.flush()  # text printed before the bar stays above it
+            self._display = display(text, raw=True, display_id=True)
+        else:
+            self._display.update(text, raw=True)
 
     def _line(self, current, values, per_step, now, finalize):
         self._bar_text = self._colored_bar = ""
@@ -234,8 +258,8 @@ class ProgbarLogger(Callback):
     def _verbose(self):
         return self.params.get("verbose", 1)
 
-    def _new_bar(self, steps):
-        self.progbar = Progbar(steps, verbose=self._verbose())
+    def _new_bar(self, steps, header=None):
+        self.progbar = Progbar(steps, verbose=self._verbose(), header=header)
         self.seen = 0
 
     def on_train_begin(self, logs=None):
@@ -246,9 +270,7 @@ class ProgbarLogger(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         epochs = self.params.get("epochs", 1)
-        if self._verbose() and epochs > 1:
-            sys.stdout.write(f"Epoch {epoch + 1}/{epochs}\n")
-        self._new_bar(self.params.get("steps"))
+        self._new_bar(self.params.get("steps"), header=f"Epoch {epoch + 1}/{epochs}" if epochs > 1 else None)
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen = batch + 1

@@ -126,8 +126,10 @@ print(inspect.getsource(reference.conv2d_forward))
 # - **`'valid'`**: no padding; the kernel only goes where it fits entirely, so $O_H = H - K + 1$ at
 #   stride 1. Every layer shrinks the image by $K-1$ pixels.
 # - **`'same'`**: pad so that $O_H = \lceil H / S \rceil$; at stride 1 the output has the size of
-#   the input. The total padding is $\max((O_H-1)S + K - H,\ 0)$; when it is odd, Keras (and
-#   minicnn) put the extra zero at the bottom/right, PyTorch at the top/left.
+#   the input. The total padding is $\max((O_H-1)S + K - H,\ 0)$; when it is odd, Keras, minicnn
+#   and PyTorch (whose `padding='same'` allows only stride 1) all put the extra zero at the
+#   bottom/right. The total depends on the stride: $H = 6$, $K = 3$ pads $(1, 1)$ at stride 1 but
+#   $(0, 1)$ at stride 2.
 #
 # `minicnn.kernels.output_size` is the formula and `minicnn.kernels.conv_padding` computes the
 # padding; a `Conv2D` layer uses both in `compute_output_shape`.
@@ -141,6 +143,32 @@ for H, K, S, padding in [(5, 3, 1, "valid"), (5, 3, 1, "same"), (5, 3, 2, "valid
     layer_out = Conv2D(1, K, strides=S, padding=padding).compute_output_shape((None, H, H, 1))
     print(f"{H:>3} {K:>2} {S:>2} {padding:>8} {str(pad):>14} {out:>4} {str(layer_out):>12}")
     assert layer_out[1] == out
+assert kernels.conv_padding("same", (6, 6), (3, 3), (1, 1))[0] == (1, 1)
+assert kernels.conv_padding("same", (6, 6), (3, 3), (2, 2))[0] == (0, 1)
+assert kernels.conv_padding("same", (28, 28), (4, 4), (1, 1))[0] == (1, 2)   # odd total: the extra zero after
+
+# %% [markdown]
+# PyTorch agrees (if it is installed): a 4×4 kernel whose only nonzero tap is the top-left one,
+# $w_{0,0} = 1$, copies $y_{i,j} = x^p_{i,j}$, so its output shows how many zero rows were put
+# *before* the image: one, not two.
+
+# %%
+try:
+    import torch
+except ImportError:
+    torch = None
+if torch is not None:
+    picker = np.zeros((4, 4, 1, 1), dtype=np.float32)
+    picker[0, 0] = 1.0
+    image = np.arange(1.0, 37.0, dtype=np.float32).reshape(1, 6, 6, 1)
+    ours = reference.conv2d_forward(image, picker, None, padding=kernels.conv_padding("same", (6, 6), (4, 4), (1, 1)))
+    theirs = torch.nn.functional.conv2d(torch.from_numpy(image).permute(0, 3, 1, 2),
+                                        torch.from_numpy(picker).permute(3, 2, 0, 1), padding="same")
+    print("first two rows of the output (a copy of the padded image):\n", ours[0, :2, :, 0])
+    np.testing.assert_array_equal(ours, theirs.permute(0, 2, 3, 1).numpy())
+    assert np.all(ours[0, 0, :, 0] == 0) and np.array_equal(ours[0, 1, 1:, 0], image[0, 0, :5, 0])
+else:
+    print("PyTorch is not installed: skipped")
 
 # %% [markdown]
 # With `'same'` padding the 5×5 image gets a border of zeros, one pixel wide, and the 3×3 kernel
@@ -159,11 +187,24 @@ assert np.array_equal(y_same[1:-1, 1:-1], y_by_hand)   # the inside is the 'vali
 # A stride of 2 moves the kernel two pixels at a time. With `'valid'` padding it computes every
 # other pixel of the stride-1 output, no more: $y^{(S=2)}_{i,j} = y^{(S=1)}_{2i,\,2j}$.
 # Strided convolutions are a cheap way to shrink feature maps.
+#
+# With `'same'` padding that holds only when the padding is the same at both strides. For $H = 6$
+# it is not: stride 1 pads $(1, 1)$, stride 2 pads $(0, 1)$, so the stride-2 windows start one pixel
+# further in, and the output is *not* every other pixel of the stride-1 `'same'` output.
 
 # %%
 y_s2 = reference.conv2d_forward(x[None, :, :, None], w[:, :, None, None], None, strides=(2, 2))[0, :, :, 0]
 print("stride 2:", y_s2.shape, "\n", y_s2)
 assert np.array_equal(y_s2, y_by_hand[::2, ::2])
+
+x6 = np.arange(36.0).reshape(1, 6, 6, 1) % 7                   # a 6x6 image
+w6 = w[:, :, None, None]
+same_s1 = reference.conv2d_forward(x6, w6, None, padding=kernels.conv_padding("same", (6, 6), (3, 3), (1, 1)))
+same_s2 = reference.conv2d_forward(x6, w6, None, strides=(2, 2),
+                                   padding=kernels.conv_padding("same", (6, 6), (3, 3), (2, 2)))
+print("'same', stride 2:\n", same_s2[0, :, :, 0], "\nevery other pixel of 'same', stride 1:\n", same_s1[0, ::2, ::2, 0])
+assert not np.array_equal(same_s2, same_s1[:, ::2, ::2])
+assert np.array_equal(same_s2, same_s1[:, 1::2, 1::2])         # the (0, 1) padding starts one pixel in
 
 # %% [markdown]
 # ## 1.3 Channels and filters: the layer
@@ -288,8 +329,10 @@ plt.show()
 # - One output pixel of a convolution is the dot product of the kernel with the window under it:
 #   $y_{i,j} = b + \sum_{u,v} w_{u,v}\,x_{i+u,j+v}$ (no kernel flip: a cross-correlation).
 # - Output size: $O = \lfloor (H + P_\text{top} + P_\text{bottom} - K)/S \rfloor + 1$. `'valid'`
-#   pads nothing; `'same'` pads so that $O = \lceil H/S \rceil$, the odd pixel at the bottom/right.
-# - A stride of $S$ keeps every $S$-th output of the stride-1 convolution.
+#   pads nothing; `'same'` pads so that $O = \lceil H/S \rceil$, the odd pixel at the bottom/right
+#   (Keras, PyTorch and minicnn alike); how much it pads depends on the stride.
+# - With `'valid'` padding, a stride of $S$ keeps every $S$-th output of the stride-1 convolution;
+#   with `'same'` only when both strides pad alike.
 # - With channels and filters (`x: (N, H, W, C)`, `kernel: (KH, KW, C, F)`) the inner sum over
 #   channels is a matrix product; the reference kernel does one per kernel tap.
 # - `Conv2D`, the reference kernel and the Numba kernel give the same numbers.
@@ -297,12 +340,14 @@ plt.show()
 # ## Exercises
 #
 # Each exercise has a cell with a solution filled in (so the notebook runs top to bottom) and a cell
-# that checks it against minicnn. Try it yourself first: replace the solution and run the check.
+# that checks it against minicnn. The solution cells carry the tag `solution`:
+# `python notebooks/make_learner_copies.py` writes copies of the notebooks in which each is replaced
+# by a blank to fill in (see the README). Try it yourself first, then run the check.
 #
 # **Exercise 1.** A 28×28 Fashion-MNIST image goes through a 5×5 convolution. What is the output
 # height with (a) stride 1, `'valid'`; (b) stride 2, `'valid'`; (c) stride 2, `'same'`?
 
-# %%
+# %% tags=["solution"]
 answer_1 = {"a": 24, "b": 12, "c": 14}       # (28 - 5) + 1;  floor(23 / 2) + 1;  ceil(28 / 2)
 
 # %%
@@ -316,7 +361,7 @@ print("Exercise 1: correct")
 # loops: pad with `pad` zeros on every side, then apply the definition with a stride. It is checked
 # against `minicnn.kernels.reference.conv2d_forward` for several strides and paddings.
 
-# %%
+# %% tags=["solution"]
 def conv2d_single(x, k, stride=1, pad=0):
     xp = np.pad(x, pad)
     KH, KW = k.shape
@@ -343,7 +388,7 @@ print("Exercise 2: correct")
 # right: $y_{i,j} = x_{i,j-1}$, with zeros coming in on the left. (Hint: with padding 1,
 # $y_{i,j} = \sum_{u,v} w_{u,v}\, x_{i+u-1,\, j+v-1}$.)
 
-# %%
+# %% tags=["solution"]
 shift_right = np.zeros((3, 3))
 shift_right[1, 0] = 1.0                      # u - 1 = 0 and v - 1 = -1
 
@@ -357,15 +402,11 @@ assert np.array_equal(shifted, expected), shifted
 print("Exercise 3: correct\n", shifted)
 
 # %% [markdown]
-# ## Results on the developer's machine
+# ## Questions
 #
-# Full-size run, 2026-11-29, on a 2-core AMD EPYC virtual machine (KVM, 23 GB RAM), Python 3.11.7, NumPy 2.4.6, Numba 0.68.1, matplotlib 3.11.2; the machine was shared with other engineers' test runs (load average about 5):
-#
-# - the hand-computed $y_{0,0} = -5$ and the whole 3×3 output `[[-5, -4, 0], [-10, -2, 2], [0, -2, -4]]`
-#   match `reference.conv2d_forward` exactly; the stride-2 output is `[[-5, 0], [0, -4]]`;
-# - `Conv2D` (float32, 2×6×6×3 input, 4 filters, 112 parameters) against the reference kernel and
-#   against the Numba kernel: largest difference 3.6e-07;
-# - Sobel $G_x$ on the step image: `[0, 4, 4, 0]` in every row, $G_y$ all zeros; on the 300×256 photo
-#   $|G|$ ranges from 0 to 3.59, and the figure shows the outline of the face, cap and uniform;
-# - the notebook ran in 5 s at full size; in smoke mode its test (`tests/test_notebooks.py`, kernel start
-#   included) took 5 s.
+# 1. Why does a `'same'` convolution with an *even* kernel size always need lopsided padding, even
+#    at stride 1? What would a network lose if the extra zero went on top instead?
+# 2. The Sobel response to the step image is 4, not 1. Where does the 4 come from, and what would a
+#    kernel with rows $(1, 0, -1)$ (no smoothing) give?
+# 3. A 3×3 convolution at stride 1 followed by another: how large is the window of the input that
+#    one output pixel of the second layer sees? And after $L$ layers?

@@ -21,7 +21,8 @@
 # **What you will learn**
 #
 # - how much faster vectorized NumPy and Numba-compiled loops are than plain Python loops, and
-#   why minicnn's Numba backend still hands the heavy arithmetic to a matrix product;
+#   why minicnn's Numba backend hands the heavy arithmetic to a matrix product, except where a
+#   register-tiled loop nest does better;
 # - why memory layout and loop order matter: the innermost loop should walk through consecutive
 #   addresses;
 # - how a parallel loop (`prange`) silently gives wrong answers when two threads add into the same
@@ -34,13 +35,6 @@
 
 # %%
 import os
-
-# BLAS (behind NumPy's matrix products) and Numba each start their own threads. On a small machine
-# that also runs other programs, the two pools fight over the cores and a 0.2 ms matrix product can
-# take 10 ms. To compare *algorithms*, this notebook runs BLAS on one thread; the variable must be
-# set before NumPy is imported. Numba's threads are set per section below.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import subprocess
 import sys
 import tempfile
@@ -52,13 +46,20 @@ import matplotlib.pyplot as plt
 import numba
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from minicnn.kernels import numba_cpu, reference
+from minicnn.kernels import numba_cpu, numba_tiles, reference
 
 SMOKE = os.environ.get("MINICNN_SMOKE") == "1"   # CI sets it: smaller sizes, same code
-OUT = Path(os.environ.get("MINICNN_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="minicnn-04-"))
 rng = np.random.default_rng(0)
-print(f"numba {numba.__version__}, {numba.get_num_threads()} threads, {os.cpu_count()} CPUs; smoke mode: {SMOKE}")
+
+# BLAS (behind NumPy's matrix products) and Numba each start their own threads. On a small machine
+# that also runs other programs, the two pools fight over the cores and a small matrix product can
+# take many times longer than it should. To compare *algorithms*, this notebook holds BLAS to one thread with threadpoolctl
+# (it works after NumPy is imported, for OpenBLAS, MKL and BLIS alike); the last cell restores it.
+blas_one_thread = threadpool_limits(limits=1, user_api="blas")
+blas = [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas"]
+print(f"numba {numba.__version__}, {numba.get_num_threads()} threads, {os.cpu_count()} CPUs; BLAS {blas}; smoke mode: {SMOKE}")
 
 
 def best_time(fn, repeat=3):
@@ -105,7 +106,8 @@ conv2d_loops_numba = njit(conv2d_loops)     # the very same function, compiled b
 #    receptive field into one row of a matrix (*im2col*, shape `(N*OH*OW, KH*KW*C)`), then one
 #    matrix product with the kernel reshaped to `(KH*KW*C, F)` does all the arithmetic in BLAS;
 #    except with a multiple of 32 filters, where a *register-tiled* Numba loop nest takes over
-#    (`minicnn/kernels/numba_tiles.py`, see below).
+#    (`minicnn/kernels/numba_tiles.py`, see below). Either way the batch is split into parts
+#    that run side by side on several threads ("lanes", section 4.3).
 #
 # First: do they agree?
 
@@ -126,11 +128,11 @@ for name, y in results.items():
 # Now the clock, on batches of 28×28 images with $C$ input channels and $F = C$ filters (a first
 # layer has small $C$; deeper layers have 32 to 512). The Python loops only run at the small sizes:
 # they would take minutes at the large ones. Everything runs on one thread, so that we compare the
-# algorithms (minicnn's kernels would otherwise also use Numba's parallel threads).
+# algorithms (minicnn's kernels would otherwise also split the batch over several threads).
 
 # %%
 N, H = (2, 16) if SMOKE else (8, 28)
-channels = [1, 2, 4, 8, 16] if SMOKE else [1, 2, 4, 8, 16, 32, 64]
+channels = [1, 2, 4, 8, 16, 32] if SMOKE else [1, 2, 4, 8, 16, 32, 64]
 methods = {
     "Python loops": conv2d_loops,
     "NumPy reference": lambda x, w: reference.conv2d_forward(x, w, None),
@@ -157,6 +159,9 @@ C0 = python_up_to
 print(f"\nat C={C0}: NumPy is {times['Python loops'][C0] / times['NumPy reference'][C0]:,.0f}x, Numba loops "
       f"{times['Python loops'][C0] / times['Numba loops'][C0]:,.0f}x, minicnn's numba_cpu "
       f"{times['Python loops'][C0] / times['minicnn numba_cpu'][C0]:,.0f}x faster than Python loops")
+for C in (c for c in channels if numba_tiles.fits(c)):
+    print(f"at C={C} (register tiles): numba_cpu takes {times['minicnn numba_cpu'][C] / times['NumPy reference'][C]:.2f}x "
+          f"the reference's time, {times['minicnn numba_cpu'][C] / times['Numba loops'][C]:.2f}x the plain Numba loops'")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for name in methods:
@@ -169,25 +174,33 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# Python loops are hopeless: a thousand times slower than everything else. The compiled loops do
-# the same multiply-adds as the Python ones, a few nanoseconds each, and with one or two channels
-# they are the fastest of all (no intermediate arrays, no call overhead). But as $C$ and $F$ grow
-# they fall far behind the methods that hand the arithmetic to BLAS, the NumPy reference (nine
-# matrix products, one per kernel tap) and minicnn's numba_cpu up to 16 filters (one big product
-# after im2col), which run neck and neck: BLAS splits a matrix product into blocks that stay in the
-# CPU cache and uses SIMD instructions, which a straightforward loop nest does not.
+# Python loops are hopeless: far slower than everything else, and the gap grows with the work
+# per call (the ratios are printed above). The compiled loops do the same multiply-adds as the Python ones, a few
+# nanoseconds each, and with one or two channels they are among the fastest (no intermediate
+# arrays, no call overhead). But as $C$ and $F$ grow they fall far behind the methods that hand the
+# arithmetic to BLAS, the NumPy reference (nine matrix products, one per kernel tap) and minicnn's
+# numba_cpu up to 16 filters (one big product after im2col): BLAS splits a matrix product into
+# blocks that stay in the CPU cache and uses SIMD instructions, which a straightforward loop nest
+# does not. Read the table for how close the two BLAS methods are on your machine.
 #
-# From 32 filters on, numba_cpu pulls ahead of BLAS (about 2.5 times faster than the reference at
-# C = 32 and 64 on the machine of `benchmarks/RESULTS.md`). There it runs a loop nest that is not
-# straightforward: `conv_pixels` in `minicnn/kernels/numba_tiles.py` computes a *tile* of 6 output
-# pixels x 32 filters at a time, and keeps the tile's 192 running sums in the CPU's vector
-# registers for the whole loop over the kernel's taps. Each step loads 6 input values and one row
-# of 32 weights and does 192 multiply-adds; nothing is written to memory until the tile is done,
-# and no im2col matrix is built at all. (The tile is a small array on the stack, so that the
+# From 32 filters on, numba_cpu runs a loop nest that is not straightforward (how it then compares
+# with the reference is printed above; one thread, small images: the gap is larger on a full
+# training step, see `benchmarks/RESULTS.md`): `conv_pixels` in `minicnn/kernels/numba_tiles.py`
+# computes a *tile* of `JB` output pixels x `FB = 32` filters at a time, and keeps the tile's
+# running sums in the CPU's vector registers for the whole loop over the kernel's taps. Each step
+# loads `JB` input values and one row of 32 weights and does `JB * 32` multiply-adds; nothing is
+# written to memory until the tile is done, and no im2col matrix is built at all. `JB` follows the
+# registers Numba compiles for: 6 pixels with AVX-512's 32 registers of 16 floats, 3 with AVX2's 16
+# registers of 8 (the next cell prints this machine's). (The tile is a small array on the stack, so that the
 # compiler knows nothing else can touch it and may keep it in registers; the innermost loop runs
 # over the 32 filters, which the compiler turns into SIMD instructions. Read the module's
 # docstring for what made a 2x difference: unsigned indices, a constant tile size, no division
 # in the inner loops.) That is the trick BLAS itself uses inside its matrix products.
+
+# %%
+print(f"this machine compiles for AVX-512: {numba_tiles._avx512()}; a forward tile is JB={numba_tiles.JB} pixels "
+      f"x FB={numba_tiles.FB} filters = {numba_tiles.JB * numba_tiles.FB} running sums")
+assert numba_tiles.JB == (6 if numba_tiles._avx512() else 3) and numba_tiles.FB == 32
 #
 # ## 4.2 Memory layout and loop order
 #
@@ -320,33 +333,73 @@ print(f"prange over the filters: {sum(e > 1e-9 for e in owned_errors):2d} wrong 
 assert max(owned_errors) < 1e-9
 
 # %% [markdown]
-# With two or more threads the racy version is often wrong, by a different amount on each run:
-# the errors are lost additions, not rounding. How often depends on how the threads happen to be
-# scheduled; on a busy machine, or with one thread, it may even pass every time. No error message,
-# no crash, and a passing test proves nothing. The rule minicnn follows in every kernel:
-# **`prange` only over an axis whose iterations own their part of the output** (rows
-# of the im2col matrix, images of `dx`, filters of `dw`). A bonus: each element is then summed in a
-# fixed order, so the result is the same bits for any number of threads.
+# How often the racy version goes wrong depends on whether its threads really run at the same
+# moment, which on a busy machine they may not (then it passes). To see the race every time, make
+# the threads *contend*: give each thread one long part of the work (so that the parts overlap in
+# time even if a thread starts late), and let every step add 1 into one of only 4 counters (a
+# histogram), so that two threads running together collide constantly. Then try until they overlap.
 
 # %%
+@njit(parallel=True)
+def histogram_racy(bins, n_bins, parts):
+    counts = np.zeros(n_bins, np.int64)
+    size = bins.size // parts
+    for p in prange(parts):                       # WRONG: every part adds into the same 4 counters
+        for k in range(p * size, (p + 1) * size):
+            counts[bins[k]] += 1
+    return counts
+
+
+bins = rng.integers(0, 4, 20_000_000, dtype=np.int8)
+threads = numba.get_num_threads()
+histogram_racy(bins[:10], 4, 1)                   # compile first
+tries, lost = 0, 0
+deadline = time.perf_counter() + 30
+while lost == 0 and threads > 1 and time.perf_counter() < deadline:
+    tries += 1
+    counted = histogram_racy(bins[:bins.size // threads * threads], 4, threads)
+    lost = bins.size // threads * threads - int(counted.sum())
+print(f"{threads} threads: {lost:,} of {bins.size:,} additions lost in try {tries}")
+assert lost > 0 or threads == 1, "the threads never ran at the same time in 30 s: is the machine very busy?"
+
+# %% [markdown]
+# With two or more threads running together the racy versions are wrong, by a different amount on
+# each run: the errors are lost additions, not rounding. With one thread, or on a machine so busy
+# that the threads take turns, they pass. No error message, no crash, and a passing test proves
+# nothing. The rule: **split a loop only along an axis whose iterations own their part of the
+# output.**
+#
+# minicnn's parallel kernels follow it. The convolution, pooling and Adam kernels split the batch
+# (or the array) into parts that own disjoint pieces of the output, the images `n0:n1` of `y` and
+# `dx`, and run the parts side by side on a few threads ("lanes", see the comments in
+# `minicnn/kernels/numba_cpu.py`). The kernel gradient, to which every image contributes, is
+# computed as one partial sum per part, and the parts' sums are added afterwards in part order:
+# exercise 3 below does the same. How the work is split is decided before any thread starts and
+# does not depend on `numba.set_num_threads`, so every element is summed in the same order and the
+# result is the same bits for any number of threads:
+
+# %%
+x32 = rng.standard_normal((64, 14, 14, 8)).astype(np.float32)
 w32 = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
-dy32 = rng.standard_normal((16, 12, 12, 8)).astype(np.float32)
+dy32 = rng.standard_normal((64, 12, 12, 8)).astype(np.float32)
 by_threads = {}
 for threads in sorted({1, numba.get_num_threads()}):
     numba.set_num_threads(threads)
-    by_threads[threads] = numba_cpu.conv2d_backward_input(dy32, w32, (16, 14, 14, 8))   # col2im: prange over images
+    by_threads[threads] = (numba_cpu.conv2d_backward_input(dy32, w32, x32.shape),       # parts own images of dx
+                           numba_cpu.conv2d_backward_weights(x32, dy32, (3, 3))[0])      # partial sums in part order
 numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-first = next(iter(by_threads.values()))
-for threads, dx in by_threads.items():
-    print(f"{threads} thread(s): numba_cpu.conv2d_backward_input identical to 1 thread: {np.array_equal(dx, first)}")
-    assert np.array_equal(dx, first)
+first = by_threads[1]
+for threads, (dx, dw) in by_threads.items():
+    same = np.array_equal(dx, first[0]) and np.array_equal(dw, first[1])
+    print(f"{threads} thread(s): dx and dw bit-identical to 1 thread: {same}")
+    assert same
 
 # %% [markdown]
 # ## 4.4 The price of compiling, and the cache
 #
 # Numba compiles a function the first time it is called *with a new combination of argument types*
 # (float32 and float64 arrays are different types, as are C-ordered and transposed ones). That takes
-# a good fraction of a second per function; later calls with the same types are fast.
+# a fraction of a second or more per function (printed below); later calls with the same types are fast.
 
 # %%
 fresh = njit(conv2d_loops)                          # a new dispatcher: nothing compiled yet
@@ -365,54 +418,63 @@ assert len(fresh.signatures) == 2
 # With `cache=True`, Numba also writes the machine code to disk (an index `.nbi` and the code
 # `.nbc`, in a `__pycache__` folder next to the source, or in `NUMBA_CACHE_DIR`), and a new Python
 # process loads it instead of compiling. All of minicnn's kernels use it. To see the difference we
-# start two fresh Python processes that compile (or load) minicnn's float32 kernels, with an empty
-# cache folder of their own.
+# start two fresh Python processes that compile (or load) minicnn's float32 kernels, sharing a new,
+# empty cache folder (made for this cell and deleted at its end, so a rerun compiles again).
 
 # %%
-cache = OUT / "numba_cache"
 code = ("import time; t = time.perf_counter(); from minicnn.kernels import numba_cpu; "
         "numba_cpu.warmup(('float32',)); print(time.perf_counter() - t)")
-env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
 seconds = {}
-for label in ("empty cache (compile)", "filled cache (load)"):
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    seconds[label] = float(done.stdout.split()[-1])
-    print(f"{label:22s}: {seconds[label]:.2f} s to import minicnn's Numba backend and run every kernel once")
-files = [p for p in cache.rglob("*") if p.suffix in (".nbi", ".nbc")]
-print(f"cache: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB in {cache}")
+with tempfile.TemporaryDirectory(prefix="minicnn-04-cache-") as cache:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    assert not any(Path(cache).iterdir())                          # nothing to load: the first run compiles
+    for label in ("empty cache (compile)", "filled cache (load)"):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        seconds[label] = float(done.stdout.split()[-1])
+        print(f"{label:22s}: {seconds[label]:.2f} s to import minicnn's Numba backend and run every kernel once")
+    files = [p for p in Path(cache).rglob("*") if p.suffix in (".nbi", ".nbc")]
+    print(f"cache: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB")
 print("minicnn's own cache folder:", numba_cpu.cache_dir())
-assert files
+assert files and seconds["filled cache (load)"] < seconds["empty cache (compile)"]
 
 # %% [markdown]
 # So the first training run after installing minicnn is a few seconds slower, and never again (until
 # minicnn or Numba changes). Keras's progress bar, which minicnn copies, leaves the first step out of
 # the time per step for the same reason. Two traps worth knowing: the cache is keyed on the
 # function's source file and name, so two `njit(cache=True)` variants built from one Python function
-# overwrite each other's entry (numba#6845); and `fastmath=True` lets the compiler reorder sums,
-# which minicnn avoids because its kernels are tested against a reference.
+# overwrite each other's entry (numba#6845); and `fastmath=True` lets the compiler reorder sums and
+# assume there is no NaN, which minicnn avoids because its kernels are tested against a reference.
+# The register-tile loops allow one of fastmath's flags, `contract` (printed below): a multiply and
+# an add may become one fused multiply-add, rounded once instead of twice; nothing is reordered.
+
+# %%
+print("numba_tiles fastmath:", numba_tiles.TILE_OPTIONS["fastmath"], "| numba_cpu fastmath:", numba_cpu.JIT_OPTIONS["fastmath"])
+assert numba_tiles.TILE_OPTIONS["fastmath"] == {"contract"} and numba_cpu.JIT_OPTIONS["fastmath"] is False
 #
 # ## Summary
 #
-# - Python loops: thousands of times too slow. NumPy: fast when the work is a few big array
+# - Python loops: orders of magnitude too slow. NumPy: fast when the work is a few big array
 #   operations. Numba: the loops themselves, compiled; fastest where no array operation fits.
 # - For the arithmetic of a convolution, one large matrix product (im2col + BLAS) beats any simple
 #   loop nest once there are more than a few channels; a loop nest that keeps a tile of outputs in
-#   registers (minicnn's `numba_tiles.py`) beats both.
+#   registers (minicnn's `numba_tiles.py`) is how minicnn competes with BLAS at 32 filters and more.
 # - The innermost loop should walk along the last (contiguous) axis of the arrays it touches; the
 #   same code can be many times slower on the same values laid out differently.
-# - `prange` only over an axis whose iterations own their outputs; otherwise additions get lost,
-#   silently and differently on each run.
+# - Split a loop only along an axis whose iterations own their outputs; otherwise additions get
+#   lost, silently and differently on each run. Sums that every iteration contributes to become
+#   per-part partial sums, added in a fixed order: the same bits for any thread count.
 # - Compilation costs a fraction of a second per function and type signature; `cache=True` keeps
 #   the machine code on disk for the next process.
 #
 # ## Exercises
 #
-# Each exercise has a solution filled in and a cell that checks it against `minicnn.kernels`.
+# Each exercise has a solution filled in (a cell tagged `solution`, left blank in the learner
+# copies) and a cell that checks it against `minicnn.kernels`.
 #
 # **Exercise 1.** What are the strides, in bytes, of a C-ordered float32 array of shape
 # `(32, 28, 28, 16)` (a batch of NHWC feature maps)? Work them out by hand.
 
-# %%
+# %% tags=["solution"]
 answer_1 = (28 * 28 * 16 * 4, 28 * 16 * 4, 16 * 4, 4)
 
 # %%
@@ -424,7 +486,7 @@ print("Exercise 1: correct", answer_1)
 # returning only `y`. Choose the `prange` axis so that no two iterations write to the same output.
 # It is checked against `reference.maxpool2d_forward`.
 
-# %%
+# %% tags=["solution"]
 @njit(parallel=True)
 def maxpool_2x2(x):
     N, H, W, C = x.shape
@@ -449,7 +511,7 @@ print("Exercise 2: correct")
 # add into its own slice of a `(N, KH, KW, C, F)` buffer (so each iteration owns its output), then
 # sum the buffer over the batch after the loop. Checked against `reference.conv2d_backward_weights`.
 
-# %%
+# %% tags=["solution"]
 @njit(parallel=True)
 def conv_dw_private(x, dy, KH, KW):
     N, H, W, C = x.shape
@@ -474,27 +536,14 @@ for _ in range(5):
 print("Exercise 3: correct")
 
 # %% [markdown]
-# ## Results on the developer's machine
+# ## Questions
 #
-# Full-size run, 2026-11-29, on a 2-core AMD EPYC virtual machine (KVM, 23 GB RAM), Python 3.11.7, NumPy 2.4.6, Numba 0.68.1, matplotlib 3.11.2; the machine was shared with other engineers' test runs (load average about 5). Timings move by tens of percent from run to run on a shared machine;
-# these are the figures of one run, one thread, 8 images of 28×28, 3×3 kernel:
-#
-# | C = F | Python loops | NumPy reference | Numba loops | minicnn numba_cpu |
-# |---|---|---|---|---|
-# | 1 | 23.9 ms | 0.14 ms | 0.05 ms | 0.10 ms |
-# | 4 | 280 ms | 0.24 ms | 0.37 ms | 0.17 ms |
-# | 16 | – | 0.58 ms | 5.0 ms | 0.57 ms |
-# | 64 | – | 4.7 ms | 142 ms | 5.1 ms |
-#
-# - 512×512 matrix product: `matmul_ijk` 420 ms and `matmul_ikj` 10 ms with `b` in C order (42×),
-#   87 ms and 490 ms with `b` in Fortran order; NumPy/BLAS 4.6 ms;
-# - the racy `prange` over the batch gave 0 wrong runs of 20 in this run (2 threads on a machine
-#   whose load average was 5, so the two threads seldom ran at the same time); in a standalone
-#   script on the same machine, with less load, it was wrong in 20 of 20 runs (errors up to 500);
-#   the owned version was right every time, and `conv2d_backward_input` gave identical bits on 1
-#   and 2 threads;
-# - compiling `conv2d_loops` took 0.25 s (float32) and 0.27 s (float64), a cached call 0.02 ms;
-#   minicnn's float32 kernels: 5.7 s from an empty cache, 0.6 s from the filled one (12 files, 382 KiB);
-#   with a quieter machine the compile took 4.4 s;
-# - the notebook ran in 30 s at full size; in smoke mode its test took 32 s (most of it the two fresh
-#   Python processes of the cache demo).
+# 1. `conv_dw_owned` runs `prange` over the filters. With 8 filters and 2 threads that is fine;
+#    what goes wrong for speed (not correctness) with 3 filters on 8 threads, and how does splitting
+#    the batch into per-part partial sums (exercise 3) avoid it?
+# 2. Why does the racy histogram lose *more* additions with 4 counters than it would with 4,000?
+# 3. The register tile holds `JB * 32` sums. Count the vector registers it needs on AVX2 and on
+#    AVX-512 for float32; why would `JB = 6` on AVX2 be slower, not faster?
+
+# %%
+blas_one_thread.restore_original_limits()          # BLAS back to its own thread count

@@ -88,8 +88,9 @@ assert test_accuracy > (0.45 if SMOKE else 0.8)
 # `conv1` has 32 filters of 3×3×1 weights. Each output pixel is the dot product of one filter with
 # a 3×3 patch (notebook 1), so a filter responds most to patches that look like it: plotted as
 # little images (light = positive weight), they show what the layer looks for. Before training they
-# are noise; after, several have a clear dark-to-light direction: edge detectors like the Sobel
-# filters of notebook 1, in various orientations, next to blob and brightness detectors.
+# are noise; after training, look for filters with a clear dark-to-light direction (edge detectors
+# like the Sobel filters of notebook 1, in various orientations) and for blob and brightness
+# detectors. How many there are depends on how long the model trained.
 
 # %%
 for kernel, title in ((initial_filters, "before training (random)"), (conv1.params["kernel"], "after training")):
@@ -100,7 +101,8 @@ for kernel, title in ((initial_filters, "before training (random)"), (conv1.para
 # %% [markdown]
 # A number for "looks like an edge detector": the cosine similarity of each filter with the four
 # Sobel-like kernels for vertical, horizontal and the two diagonal edges (either sign), 1 for a
-# perfect match. Random 3×3 filters score about 0.4 on average; trained ones score higher.
+# perfect match. What random filters score is computed from 10,000 random ones, so that the trained
+# filters' score has something to be compared with.
 
 # %%
 sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=float)
@@ -117,9 +119,13 @@ def edge_likeness(kernel):
 
 
 before, after = edge_likeness(initial_filters), edge_likeness(conv1.params["kernel"])
-print(f"edge-likeness, mean over the 32 filters: before {before.mean():.2f}, after {after.mean():.2f}; "
-      f"filters above 0.8: before {np.sum(before > 0.8)}, after {np.sum(after > 0.8)}")
-print("filters most like an edge detector:", np.argsort(-edge_likeness(conv1.params["kernel"]))[:6])
+chance = edge_likeness(rng.uniform(-1, 1, (3, 3, 1, 10_000)))              # many random filters
+print(f"edge-likeness, mean: 10,000 random filters {chance.mean():.2f} (above 0.8: {np.mean(chance > 0.8):.1%}); "
+      f"conv1 before training {before.mean():.2f}, after {after.mean():.2f}")
+print(f"conv1 filters above 0.8: before {np.sum(before > 0.8)}, after {np.sum(after > 0.8)} of 32")
+print("filters most like an edge detector:", np.argsort(-after)[:6])
+print("trained filters are more edge-like than random ones" if after.mean() > chance.mean() + 2 * chance.std() / np.sqrt(32)
+      else "after this little training the filters are not (yet) clearly more edge-like than random ones")
 
 # %% [markdown]
 # ## 6.3 Feature maps
@@ -127,8 +133,9 @@ print("filters most like an edge detector:", np.argsort(-edge_likeness(conv1.par
 # The output of a layer for one image is a stack of *feature maps*, one per filter: where in the
 # image that filter fired. `plotting.plot_feature_maps` runs the image through the model up to the
 # chosen layer. conv1's maps are still recognisably the garment, each highlighting different edges;
-# after one pooling and conv2 they are 11×11, coarser and more abstract: they mark *parts* (for the
-# boot: the sole, the top of the shaft, the heel) rather than edges.
+# after one pooling and conv2 they are 11×11 (the cell checks the shapes), coarser and more
+# abstract: look for maps that mark *parts* of the boot (the sole, the shaft, the heel) rather than
+# edges.
 
 # %%
 image = x_test[int(np.flatnonzero(y_test == 9)[0])]                     # an ankle boot
@@ -157,14 +164,18 @@ assert shapes["conv2"] == (1, 11, 11, 64)
 # (kinks, where finite differences and backward legitimately disagree), so we add noise of at most
 # one grey level to the image first, and take small steps ($\varepsilon = 10^{-5}$ grey levels).
 # Even so, a step now and then crosses a ReLU's kink somewhere in the 30,000 units of the network,
-# which is why the bound here ($10^{-5}$) is looser than notebook 2's $10^{-7}$ for a single layer.
+# and spoils the estimate for the pixels whose nudge reaches it. So the check is in two parts: the
+# relative error over all pixels stays below $10^{-4}$ (looser than notebook 2's $10^{-7}$ for a
+# single layer), and at most 1% of the pixels differ by more than 0.1% of the largest value.
 
 # %%
 minicnn.set_floatx("float64")
-model64 = Sequential.from_config(model.get_config())                # same architecture, built in float64
-minicnn.set_floatx("float32")
+try:
+    model64 = Sequential.from_config(model.get_config())            # same architecture, built in float64
+finally:
+    minicnn.set_floatx("float32")                                   # restored even if building fails
 model64.set_weights(model.get_weights())
-noisy = image.astype(np.float64) + rng.uniform(0, 1, image.shape)
+noisy = image.astype(np.float64) + np.random.default_rng(6).uniform(0, 1, image.shape)   # its own generator
 k = int(np.argmax(model64(noisy[None])))
 
 
@@ -183,7 +194,7 @@ err = rel_error(s[window], numeric)
 off = np.sum(np.abs(s[window] - numeric) > 1e-3 * np.abs(numeric).max())
 print(f"saliency of '{class_names[k]}': shape {s.shape}; on {numeric.size} pixels, "
       f"rel_error against finite differences {err:.1e} ({off} pixels off by more than 0.1% of the largest)")
-assert err < 1e-5
+assert err < 1e-4 and off <= 0.01 * numeric.size
 
 # %% [markdown]
 # Now the maps, for one test image of each class, for the class the model predicts. Bright pixels
@@ -209,15 +220,21 @@ plt.show()
 # %% [markdown]
 # Raw gradients are noisy, and they are not confined to the garment: a bright pixel appearing in the
 # background would change the score too (light in the gap between trouser legs would make them look
-# more like a dress). The strongest values still sit on telling places: the gap between the trouser
-# legs, the top edge of the bag where a handle would be, the heel and sole of the boot, the sleeves
-# of the T-shirt. (Smoother variants, such as averaging the gradient over noisy copies of the image,
-# are a small step from here.)
+# more like a dress). Look where the strongest values sit: for a well-trained model they tend to mark
+# telling places, such as the gap between trouser legs or the heel of a boot. (Smoother variants,
+# such as averaging the gradient over noisy copies of the image, are a small step from here.)
 #
 # Does the map mean what it says? A simple test: blank (set to 0, the background value) the 5% of
 # pixels with the largest $|s|$, and, for comparison, as many random pixels of the garment, then see
 # how much the probability of the predicted class drops. If the map points at what matters, blanking
 # its pixels should hurt more.
+#
+# A caveat: a garment with holes punched in it is an image unlike any the model was trained on
+# (*out of distribution*). Part of any drop may come from that strangeness rather than from the
+# evidence removed, which is why the comparison with random pixels matters more than either number;
+# even so, the two kinds of holes look different (salient pixels cluster on edges), so the test is
+# suggestive, not proof. Retraining on blanked images (ROAR, Hooker et al., 2019) removes the
+# caveat at the cost of many trainings.
 
 # %%
 n = 200 if SMOKE else 500
@@ -266,13 +283,37 @@ fig = plotting.plot_images(x_test[worst], labels=y_test[worst], predictions=prob
 plt.show()
 assert wrong.size > 0 and np.all(np.diff(confidence[worst]) <= 0)
 
+# %%
+edges_conf = np.linspace(0.1, 1.0, 10)
+group = np.clip(np.digitize(confidence, edges_conf[1:-1]), 0, len(edges_conf) - 2)
+correct = y_pred == y_test
+rows = [(confidence[group == b].mean(), correct[group == b].mean(), np.sum(group == b))
+        for b in range(len(edges_conf) - 1) if np.any(group == b)]
+mean_conf, acc = confidence.mean(), correct.mean()
+ece = sum(n * abs(c - a) for c, a, n in rows) / len(y_test)      # expected calibration error
+print(f"mean confidence {mean_conf:.3f}, accuracy {acc:.3f}: "
+      + ("over-confident" if mean_conf > acc else "under-confident") + f" by {abs(mean_conf - acc):.3f}; "
+      f"expected calibration error {ece:.3f}")
+fig, ax = plt.subplots(figsize=(4.5, 4))
+ax.plot([0, 1], [0, 1], color="gray", lw=0.8)
+ax.plot([c for c, _, _ in rows], [a for _, a, _ in rows], "o-")
+ax.set_xlabel("mean confidence of the group")
+ax.set_ylabel("accuracy of the group")
+ax.set_title("reliability diagram (test set)")
+plt.show()
+assert abs(sum(n for _, _, n in rows) - len(y_test)) == 0
+
 # %% [markdown]
-# Reading them is instructive. Most are between classes that overlap in this dataset (shirt,
-# T-shirt, pullover, coat; sneaker and sandal; ankle boot and sneaker), where a 28×28 grey thumbnail
-# loses the detail (a collar, buttons, a strap) that would decide it. Some are arguably labelled
-# wrongly, and no model can get those right. Confident mistakes also show that the softmax
-# "probability" is not a calibrated probability: a network trained on cross-entropy tends to be
-# over-confident.
+# Reading them is instructive. Look at which classes they mix up: in this dataset, classes overlap
+# (shirt, T-shirt, pullover, coat; sneaker and sandal; ankle boot and sneaker), and a 28×28 grey
+# thumbnail loses the detail (a collar, buttons, a strap) that would decide it. Some are arguably
+# labelled wrongly, and no model can get those right.
+#
+# Is the softmax output a calibrated probability? If it were, of the test images predicted with
+# 90% confidence, 90% would be right. Group the predictions by confidence and compare each group's
+# mean confidence with its accuracy (a *reliability diagram*): points below the diagonal mean
+# over-confidence, above it under-confidence. Networks trained long with cross-entropy are often
+# over-confident (Guo et al., 2017); a model trained briefly may not be. This one:
 #
 # ## Summary
 #
@@ -281,16 +322,18 @@ assert wrong.size > 0 and np.all(np.diff(confidence[worst]) <= 0)
 # - Saliency $\partial z_k/\partial x$ is one backward pass started from $e_k$; it is checked like any
 #   other gradient, and blanking the pixels it highlights hurts the prediction more than blanking
 #   random ones.
-# - Sorting mistakes by confidence finds ambiguous classes, label noise and over-confidence.
+# - Sorting mistakes by confidence finds ambiguous classes and label noise; a reliability diagram
+#   shows whether the confidences can be read as probabilities.
 #
 # ## Exercises
 #
-# Each exercise has a solution filled in and a cell that checks it against minicnn.
+# Each exercise has a solution filled in (a cell tagged `solution`, left blank in the learner
+# copies) and a cell that checks it against minicnn.
 #
 # **Exercise 1.** Recompute conv1's feature maps for `image` with `minicnn.kernels.reference`:
 # rescale, convolve with conv1's kernel and bias, apply ReLU.
 
-# %%
+# %% tags=["solution"]
 x1 = image[None].astype(np.float32) / 255
 answer_1 = np.maximum(reference.conv2d_forward(x1, conv1.params["kernel"], conv1.params["bias"]), 0)
 
@@ -306,6 +349,8 @@ print("Exercise 1: correct", answer_1.shape)
 # %%
 linear = Sequential([Input(shape=(28, 28, 1)), Rescaling(1.0 / 255), Flatten(), Dense(10, activation="softmax")])
 k = 3
+
+# %% tags=["solution"]
 answer_2 = (linear.layers[-1].params["kernel"][:, k] / 255).reshape(28, 28, 1)
 
 # %%
@@ -324,6 +369,8 @@ img32 = image.astype(np.float32)
 p = model.predict(img32[None], verbose=0)[0]
 dz = np.stack([minicnn.inspect.saliency(model, img32, class_index=j) for j in range(len(class_names))])   # (10, 28, 28, 1)
 k = int(p.argmax())
+
+# %% tags=["solution"]
 answer_3 = p[k] * (dz[k] - np.tensordot(p, dz, axes=1))
 
 # %%
@@ -332,18 +379,11 @@ np.testing.assert_allclose(answer_3, expected, rtol=1e-3, atol=1e-3 * np.abs(exp
 print("Exercise 3: correct")
 
 # %% [markdown]
-# ## Results on the developer's machine
+# ## Questions
 #
-# Full-size run on the full Fashion-MNIST (60,000 training images, 2 epochs), 2026-11-29, on a 2-core AMD EPYC virtual machine (KVM, 23 GB RAM), Python 3.11.7, NumPy 2.4.6, Numba 0.68.1, matplotlib 3.11.2; the machine was shared with other engineers' test runs (load average about 5):
-#
-# - test accuracy 0.8737 (training took 58 s);
-# - edge-likeness of conv1's filters: 0.42 before training, 0.54 after; 6 of 32 filters above 0.8
-#   after training, none before;
-# - saliency against finite differences on all 784 pixels of the ankle boot: rel_error 5.2e-08, no
-#   pixel off by more than 0.1%;
-# - blanking the 5% most salient pixels of 500 test images lowered the predicted class's
-#   probability by 0.100 on average, blanking as many random garment pixels by 0.073;
-# - 1,263 of 10,000 test images misclassified, 173 of them with more than 90% confidence; the most
-#   confident: an ankle boot called a sandal (100.0%, an open-sided boot), shirts called T-shirts and
-#   pullovers, a "trouser" that looks like a dress (99.9%);
-# - the notebook ran in 74 s at full size; in smoke mode its test took 8 s.
+# 1. Exercise 2 says a linear model's saliency is the same for every image. Why is a CNN's not?
+#    Which layers make it depend on the image?
+# 2. Train the model for more epochs and rerun the reliability diagram. Does it move towards
+#    over-confidence? Why would a longer training on cross-entropy push it there?
+# 3. Blanking sets pixels to 0, the background. What would blanking to the mean grey change, and
+#    which of the two is further out of distribution for this dataset?

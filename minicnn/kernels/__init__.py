@@ -43,7 +43,7 @@ def same_padding_1d(size, window, stride, dilation=1):
 
     ``out = ceil(size / stride)``; the total padding is
     ``max((out - 1) * stride + (window - 1) * dilation + 1 - size, 0)``, split with the extra
-    pixel after (bottom/right), as TensorFlow does. PyTorch's ``padding='same'`` puts it before.
+    pixel after (bottom/right), as TensorFlow and PyTorch's ``padding='same'`` (stride 1 only) do.
     """
     out = math.ceil(size / stride)
     effective = (window - 1) * dilation + 1

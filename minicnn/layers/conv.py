@@ -17,7 +17,7 @@ class Conv2D(Layer):
     strides : int or (SH, SW), default (1, 1)
     padding : {'valid', 'same'}
         'same' pads so that ``OH = ceil(H / SH)``, the extra row/column at the bottom/right
-        (TensorFlow's rule; PyTorch puts it at the top/left).
+        (TensorFlow's rule, and PyTorch's for its stride-1 ``padding='same'``).
     dilation_rate : int or (DH, DW), default (1, 1)
         Gaps between kernel taps; strides > 1 with dilation > 1 is refused, as in Keras.
     activation : str or None
