@@ -50,7 +50,7 @@ def unit_roundoff(dtype):
     return float(np.finfo(dtype).eps) / 2
 
 
-def gamma(n, dtype):
+def gamma_n(n, dtype):
     """Higham's gamma_n = n*u / (1 - n*u) for the unit roundoff u of ``dtype``."""
     nu = n * unit_roundoff(dtype)
     assert nu < 0.5, f"{n} terms are too many for a bound in {np.dtype(dtype).name}"
@@ -73,29 +73,33 @@ def float_sum_bound(abs_sum, n_terms, dtype):
     bound : float64 ndarray shaped like ``abs_sum``: ``2 * gamma_{K+1} * abs_sum``
         (the +1 covers the final rounding of each result to ``dtype``).
     """
-    return 2 * gamma(n_terms + 1, dtype) * np.asarray(abs_sum, dtype=np.float64)
+    return 2 * gamma_n(n_terms + 1, dtype) * np.asarray(abs_sum, dtype=np.float64)
 
 
 def assert_sums_close(name, actual, expected, abs_sum, n_terms):
-    """Assert ``|actual - expected| <= float_sum_bound(abs_sum, n_terms, dtype)`` everywhere.
+    """Assert ``|actual - expected| <= float_sum_bound(abs_sum, n_terms, dtype)`` everywhere,
+    ``dtype`` being the coarser of the two arrays' floating-point types."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    floats = [d for d in (actual.dtype, expected.dtype) if d.kind == "f"] or [np.dtype(np.float64)]
+    dtype = max(floats, key=unit_roundoff)
+    bound = float_sum_bound(abs_sum, n_terms, dtype)
+    assert_within(name, actual, expected, bound, f"2 * gamma_{n_terms + 1}({dtype.name}) * sum|terms|")
 
-    ``dtype`` is the coarser of the two arrays' types. On failure the message names the array, the
-    worst index (the largest excess over the bound), both values, the bound and ``sum|terms|`` there.
-    """
+
+def assert_within(name, actual, expected, bound, how="bound"):
+    """Assert ``|actual - expected| <= bound`` elementwise (NaN fails); on failure, name the array, the
+    worst index (largest excess over the bound), both values, the bound there and how it was derived."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != expected {expected.shape}"
-    dtype = max((actual.dtype, expected.dtype), key=lambda d: unit_roundoff(d) if d.kind == "f" else 0)
-    dtype = dtype if dtype.kind == "f" else np.float64
-    bound = np.broadcast_to(float_sum_bound(abs_sum, n_terms, dtype), actual.shape)
+    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), actual.shape)
     err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     excess = np.where(np.isnan(err), np.inf, err - bound)
     if excess.size and excess.max() > 0:
         i = np.unravel_index(np.argmax(excess), excess.shape)
         raise AssertionError(
-            f"{name}: {int((excess > 0).sum())} of {excess.size} values differ by more than the float sum bound; "
-            f"worst at index {tuple(map(int, i))}: {actual[i]!r} vs expected {expected[i]!r}, |difference| "
-            f"{err[i]:.3g} > bound {bound[i]:.3g} = 2 * gamma_{n_terms + 1}({np.dtype(dtype).name}) * "
-            f"sum|terms| {np.broadcast_to(abs_sum, actual.shape)[i]:.3g}"
+            f"{name}: {int((excess > 0).sum())} of {excess.size} values differ by more than the derived bound; "
+            f"worst at index {tuple(map(int, i))}: {actual[i]!r} vs expected {expected[i]!r}, "
+            f"|difference| {err[i]:.3g} > {how} = {bound[i]:.3g}"
         )
 
 

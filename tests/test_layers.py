@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import assert_sums_close, conv_sums
 from helpers import spaced
 
 import minicnn
@@ -122,10 +123,11 @@ def test_conv2d_matches_torch(backend, shape, filters, k, s, padding):
     (pt, pb), (pl, pr) = minicnn.kernels.conv_padding(padding, shape[1:3], layer.kernel_size, layer.strides)
     yt = torch.relu(torch.nn.functional.conv2d(torch.nn.functional.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=layer.strides))
     yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
-    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.grads["kernel"], wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.grads["bias"], bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    sums = conv_sums(x, layer.params["kernel"], layer.params["bias"], dy * (y > 0), layer.strides, ((pt, pb), (pl, pr)))
+    assert_sums_close("y", y, yt.detach().numpy().transpose(0, 2, 3, 1), *sums["y"])
+    assert_sums_close("dx", dx, xt.grad.numpy().transpose(0, 2, 3, 1), *sums["dx"])
+    assert_sums_close("dkernel", layer.grads["kernel"], wt.grad.numpy().transpose(2, 3, 1, 0), *sums["dw"])
+    assert_sums_close("dbias", layer.grads["bias"], bt.grad.numpy(), *sums["db"])
 
 
 def test_maxpool_and_dense_match_torch(backend):
