@@ -405,8 +405,12 @@ def test_non_contiguous_inputs(name):
         return view
 
     actual = conv_all(m, strided(x), strided(w), strided(b), strided(dy), kw)
+    sums = conv_sums(x, w, b, dy, **kw)
     for key in expected:
-        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+        if name == "numba":   # the wrappers copy to contiguous arrays first: the same bits
+            np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+        else:   # NumPy < 2.3 multiplies strided views by another loop than contiguous ones: another order
+            assert_sums_close(key, actual[key], expected[key], *sums[key])
     xp, dyp, kwp = make_pool((2, 7, 5, 2, (3, 3), (2, 2), "same"), rng)
     expected = pool_all(m, xp, dyp, kwp)
     actual = pool_all(m, strided(xp), strided(dyp), kwp)
