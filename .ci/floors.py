@@ -3,13 +3,18 @@
 test runners (pytest, hypothesis). ``.ci/run`` installs them in a venv of their own and runs the
 kernel and layer tests there, so a floor that no longer works is noticed.
 
-A floor ``>=X.Y`` becomes ``==X.Y`` (PEP 440 pads it: X.Y.0), the oldest version it allows.
+A floor ``>=X.Y`` becomes ``==X.Y`` (PEP 440 pads it: X.Y.0), the oldest version it allows. (Checked
+on CI's Python 3.11; NumPy 1.24 has no wheels for Python 3.12, where pip picks newer versions anyway.)
 """
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: the same parser, as pip vendors it
+    from pip._vendor import tomli as tomllib
 
 TEST_RUNNERS = ("pytest", "hypothesis")
 
