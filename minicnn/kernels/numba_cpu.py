@@ -221,11 +221,8 @@ def clear_buffers():
 # division by zero gives inf or nan as in the reference (and needs no test in the loop)
 LANE_JIT_OPTIONS = dict(cache=_CACHE_OK, fastmath=False, nogil=True, error_model="numpy")
 MAX_LANES = max(1, numba.config.NUMBA_NUM_THREADS)
-# parts per kernel call, a constant: the partial sums of dw (and of Dense's x @ w) are added
-# part by part, so a split that followed the thread count would change the bits with it. With
-# 8 parts up to 8 lanes are busy, and on smaller machines each lane has several parts, so the
-# others take over the parts of a lane the system holds up. (Measured on 2 cores, small CNN:
-# 8 parts trained as fast as the former two per lane, 16 parts 4-9% slower at batch 32.)
+# parts per kernel call, a constant (a split by thread count would change dw's partial sums):
+# up to 8 busy lanes; on 2 cores, small CNN, as fast as two parts per lane (16: 4-9% slower)
 PARTS = 8
 LANE_MIN_WORK = 2**16  # below this many output values a call runs on the calling thread alone
 LANE_SPIN_S = 1e-3  # an idle lane looks for work this long before it sleeps
