@@ -7,6 +7,9 @@ import pytest
 import minicnn
 from minicnn.utils import clear_session
 
+# a missing PyTorch, notebook runner or Fashion-MNIST: a named skip, or a failure with MINICNN_REQUIRE_ORACLES=1
+pytest_plugins = ["oracles"]
+
 
 @pytest.fixture
 def default_settings():

@@ -13,6 +13,7 @@ import sys
 import numba
 import numpy as np
 import pytest
+from helpers import assert_sums_close, conv_sums
 
 import minicnn
 from minicnn.kernels import conv_padding, numba_cpu, reference
@@ -21,7 +22,6 @@ from minicnn.models import Sequential
 from minicnn.optimizers import SGD
 
 BACKENDS = {"reference": reference, "numba": numba_cpu}
-TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-5, atol=2e-5)}
 
 # (N, H, W, C, KH, KW, F, strides, padding): one channel, several, strides, 'same', 1x1,
 # and sizes big enough for the work to be split over lanes
@@ -61,9 +61,16 @@ def make(case, rng, dtype=np.float64):
     return x, w, b, rng.standard_normal(y.shape).astype(dtype), kw
 
 
-def assert_close(name, actual, expected, dtype):
+def assert_conv_close(name, actual, expected, sums):
+    """Compare one conv output (``name`` starts with y, dx, dw or db) within the float sum bound
+    of ``sums = conv_sums(x, w, b, dz, **kw)``, dz being the gradient after ReLU's mask."""
     assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
-    np.testing.assert_allclose(actual, expected, **TOL[dtype], err_msg=name)
+    assert_sums_close(name, actual, expected, *sums[name.split()[0]])
+
+
+def relu_grad(dy, y):
+    """dz = dy * (y > 0): what reaches the convolution through a fused ReLU."""
+    return dy * (y > 0)
 
 
 # ----------------------------------------------------------------------------------------- convolution
@@ -73,11 +80,11 @@ def test_fused_relu_conv_matches_reference(case, dtype):
     rng = np.random.default_rng(0)
     x, w, b, dy, kw = make(case, rng, dtype)
     expected = np.maximum(reference.conv2d_forward(x, w, b, **kw), 0)
-    for name, m in BACKENDS.items():
-        y = m.conv2d_forward(x, w, b, activation="relu", **kw)
-        assert_close(f"{name} y", y, expected, dtype)
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
-    dz = dy * (y > 0)
+    dz = relu_grad(dy, y)
+    masked, plain = conv_sums(x, w, b, dz, **kw), conv_sums(x, w, b, dy, **kw)
+    for name, m in BACKENDS.items():
+        assert_conv_close(f"y {name}", m.conv2d_forward(x, w, b, activation="relu", **kw), expected, masked)
     want = dict(dx=reference.conv2d_backward_input(dz, w, x.shape, **kw),
                 dw=reference.conv2d_backward_weights(x, dz, w.shape[:2], **kw)[0],
                 db=reference.conv2d_backward_weights(x, dz, w.shape[:2], **kw)[1])
@@ -86,13 +93,13 @@ def test_fused_relu_conv_matches_reference(case, dtype):
             dx, dw, db = m.conv2d_backward(dy, x, w, relu_output=y, input_gradient=input_gradient, **kw)
             assert (dx is None) == (not input_gradient)
             if input_gradient:
-                assert_close(f"{name} dx", dx, want["dx"], dtype)
-            assert_close(f"{name} dw", dw, want["dw"], dtype)
-            assert_close(f"{name} db", db, want["db"], dtype)
+                assert_conv_close(f"dx {name}", dx, want["dx"], masked)
+            assert_conv_close(f"dw {name}", dw, want["dw"], masked)
+            assert_conv_close(f"db {name}", db, want["db"], masked)
         # without relu_output the one-call backward is the two separate ones
         dx, dw, db = m.conv2d_backward(dy, x, w, **kw)
-        assert_close(f"{name} dx (no relu)", dx, reference.conv2d_backward_input(dy, w, x.shape, **kw), dtype)
-        assert_close(f"{name} dw (no relu)", dw, reference.conv2d_backward_weights(x, dy, w.shape[:2], **kw)[0], dtype)
+        assert_conv_close(f"dx {name} (no relu)", dx, reference.conv2d_backward_input(dy, w, x.shape, **kw), plain)
+        assert_conv_close(f"dw {name} (no relu)", dw, reference.conv2d_backward_weights(x, dy, w.shape[:2], **kw)[0], plain)
 
 
 def test_reference_relu_conv_backward_matches_finite_differences():
@@ -127,8 +134,9 @@ def test_conv_backward_over_many_chunks_and_lanes(monkeypatch):
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
     expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
     monkeypatch.setattr(numba_cpu, "COLS_BUDGET_BYTES", 1)
+    sums = conv_sums(x, w, b, relu_grad(dy, y), **kw)
     for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
-        assert_close(name, a, e, np.float64)
+        assert_conv_close(name, a, e, sums)
 
 
 def test_backward_reuses_the_forward_im2col_matrix_only_for_the_same_input():
@@ -137,13 +145,12 @@ def test_backward_reuses_the_forward_im2col_matrix_only_for_the_same_input():
     workspace = {}
     y = numba_cpu.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
     assert workspace["x"] is x and workspace["cols"].shape == (4 * 9 * 8, 27 + 1)   # + the ones column
-    expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
-    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, workspace=workspace, **kw), expected):
-        assert_close(name, a, e, np.float32)
-    other = x + 1   # another input: the kept matrix must not be used
-    expected = reference.conv2d_backward(dy, other, w, relu_output=y, **kw)
-    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, other, w, relu_output=y, workspace=workspace, **kw), expected):
-        assert_close(name, a, e, np.float32)
+    for inp in (x, x + 1):   # another input: the kept matrix must not be used
+        expected = reference.conv2d_backward(dy, inp, w, relu_output=y, **kw)
+        sums = conv_sums(inp, w, b, relu_grad(dy, y), **kw)
+        got = numba_cpu.conv2d_backward(dy, inp, w, relu_output=y, workspace=workspace, **kw)
+        for name, a, e in zip(("dx", "dw", "db"), got, expected):
+            assert_conv_close(name, a, e, sums)
 
 
 @pytest.mark.parametrize("dilation", [(1, 1), (2, 1), (2, 3)])
@@ -154,16 +161,17 @@ def test_tiled_conv_with_dilation_matches_reference(mode, dilation):
     kw = dict(strides=(1, 1), padding=conv_padding(mode, (H, W), k, (1, 1), dilation), dilation=dilation)
     x, w, b = rng.standard_normal((N, H, W, C)), rng.standard_normal((*k, C, F)), rng.standard_normal(F)
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
-    assert_close("y", numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw), y, np.float64)
     dy = rng.standard_normal(y.shape)
+    masked, plain = conv_sums(x, w, b, relu_grad(dy, y), **kw), conv_sums(x, w, b, dy, **kw)
+    assert_conv_close("y", numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw), y, masked)
     expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
     for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
-        assert_close(name, a, e, np.float64)
-    assert_close("dx alone", numba_cpu.conv2d_backward_input(dy, w, x.shape, **kw),
-                 reference.conv2d_backward_input(dy, w, x.shape, **kw), np.float64)
+        assert_conv_close(name, a, e, masked)
+    assert_conv_close("dx alone", numba_cpu.conv2d_backward_input(dy, w, x.shape, **kw),
+                      reference.conv2d_backward_input(dy, w, x.shape, **kw), plain)
     for name, a, e in zip(("dw alone", "db alone"), numba_cpu.conv2d_backward_weights(x, dy, k, **kw),
                           reference.conv2d_backward_weights(x, dy, k, **kw)):
-        assert_close(name, a, e, np.float64)
+        assert_conv_close(name, a, e, plain)
 
 
 @pytest.mark.parametrize("case", [(30, 13, 13, 32, 3, 3, 32, (1, 1), "valid"), (1, 52, 52, 3, 3, 3, 32, (1, 1), "same")],
@@ -177,9 +185,10 @@ def test_tiled_kernel_gradient_over_chunk_boundaries(case):
     assert N * H * W > numba_tiles.CHUNK_PIXELS
     rng = np.random.default_rng(12)
     x, w, b, dy, kw = make(case, rng)
+    sums = conv_sums(x, w, b, dy, **kw)
     for name, a, e in zip(("dw", "db"), numba_cpu.conv2d_backward_weights(x, dy, w.shape[:2], **kw),
                           reference.conv2d_backward_weights(x, dy, w.shape[:2], **kw)):
-        assert_close(name, a, e, np.float64)
+        assert_conv_close(name, a, e, sums)
 
 
 def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypatch):
@@ -199,8 +208,9 @@ def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypat
     for other in (x, x + 1):   # the kept padded input serves only the same x
         expected = reference.conv2d_backward(dy, other, w, relu_output=y, **kw)
         got = numba_cpu.conv2d_backward(dy, other, w, relu_output=y, workspace=workspace, **kw)
+        sums = conv_sums(other, w, b, relu_grad(dy, y), **kw)
         for name, a, e in zip(("dx", "dw", "db"), got, expected):
-            assert_close(name, a, e, np.float32)
+            assert_conv_close(name, a, e, sums)
 
 
 @pytest.mark.parametrize("case", [(0, 6, 6, 32, 3, 3, 32, (1, 1), "same"), (0, 6, 6, 3, 3, 3, 32, (1, 1), "valid"),
@@ -216,6 +226,7 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients(case):
 
 
 _AVX2_SCRIPT = """
+from helpers import assert_sums_close, conv_sums
 from minicnn.kernels import conv_padding, numba_cpu, numba_tiles, reference
 import numpy as np
 assert (numba_tiles.JB, numba_tiles.SJB) == (3, 2), (numba_tiles.JB, numba_tiles.SJB)
@@ -223,12 +234,13 @@ rng = np.random.default_rng(15)
 for C, F, mode in ((32, 64, "same"), (3, 32, "valid")):
     x, w, b = rng.standard_normal((2, 7, 9, C)), rng.standard_normal((3, 3, C, F)), rng.standard_normal(F)
     kw = dict(padding=conv_padding(mode, (7, 9), (3, 3), (1, 1)))
-    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
-    np.testing.assert_allclose(y, reference.conv2d_forward(x, w, b, activation="relu", **kw), rtol=1e-10, atol=1e-10)
+    y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
     dy = rng.standard_normal(y.shape)
-    for a, e in zip(numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw),
-                    reference.conv2d_backward(dy, x, w, relu_output=y, **kw)):
-        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+    sums = conv_sums(x, w, b, dy * (y > 0), **kw)
+    assert_sums_close("y", numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw), y, *sums["y"])
+    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw),
+                          reference.conv2d_backward(dy, x, w, relu_output=y, **kw)):
+        assert_sums_close(name, a, e, *sums[name])
 print("ok")
 """
 
@@ -236,7 +248,8 @@ print("ok")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="compiles for an x86 CPU (Haswell)")
 def test_tiles_sized_for_avx2_match_reference(tmp_path):
     # the tile sizes depend on the vector registers Numba compiles for: check the AVX2 ones too
-    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
@@ -260,18 +273,23 @@ def test_dense_matches_reference(shape, dtype):
     w = (rng.standard_normal((D, U)) / np.sqrt(D)).astype(dtype)
     b = rng.standard_normal(U).astype(dtype)
     dy = rng.standard_normal((N, U)).astype(dtype)
+    ax, aw, ab = (np.abs(a).astype(np.float64) for a in (x, w, b))
     for activation in (None, "relu"):
         y = reference.dense_forward(x, w, b, activation)
-        np.testing.assert_allclose(y, np.maximum(x @ w + b, 0) if activation else x @ w + b, **TOL[dtype])
-        assert_close("y", numba_cpu.dense_forward(x, w, b, activation), y, dtype)
+        y_sums = (ax @ aw + ab, D + 1)
+        assert_sums_close("y reference", y, np.maximum(x @ w + b, 0) if activation else x @ w + b, *y_sums)
+        assert_sums_close("y", numba_cpu.dense_forward(x, w, b, activation), y, *y_sums)
         relu_output = y if activation else None
+        adz = np.abs(dy * (y > 0) if activation else dy).astype(np.float64)
+        sums = dict(dx=(adz @ aw.T, U), dw=(ax.T @ adz, N), db=(adz.sum(axis=0), N))
         want = reference.dense_backward(dy, x, w, relu_output)
         for input_gradient in (True, False):
             got = numba_cpu.dense_backward(dy, x, w, relu_output, input_gradient=input_gradient)
             assert (got[0] is None) == (not input_gradient)
             for name, a, e in zip(("dx", "dw", "db"), got, want):
                 if a is not None:
-                    assert_close(name, a, e, dtype)
+                    assert a.dtype == e.dtype, name
+                    assert_sums_close(name, a, e, *sums[name])
 
 
 # ----------------------------------------------------------------------------------------- Adam

@@ -13,7 +13,7 @@ import re
 import numba
 import numpy as np
 import pytest
-from helpers import pool_problems, spaced
+from helpers import assert_sums_close, assert_within, conv_sums, gamma_n, pool_problems, spaced, unit_roundoff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -261,12 +261,19 @@ def test_regularizer_gradient_matches_finite_differences_of_the_penalty(make, re
 # 2. Numba kernels vs reference kernels
 # ========================================================================================
 
-TOLERANCES = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
-
-
 def avgpool_all(m, x, dy, kw):
     y = m.avgpool2d_forward(x, **kw)
     return dict(y=y, dx=m.avgpool2d_backward(dy, x.shape, **kw))
+
+
+def avgpool_sums(x, dy, kw):
+    """``{name: (sum|terms|, K)}`` of average pooling (see ``helpers.float_sum_bound``): y is a sum of
+    at most PH*PW cells then a division; dx adds dy / count of the at most ceil(P/S) windows along
+    each axis that hold the pixel."""
+    (PH, PW), (SH, SW) = kw["pool_size"], kw["strides"]
+    y = reference.avgpool2d_forward(np.abs(x).astype(np.float64), **kw)
+    dx = reference.avgpool2d_backward(np.abs(dy).astype(np.float64), x.shape, **kw)
+    return dict(y=(y, PH * PW + 1), dx=(dx, -(-PH // SH) * -(-PW // SW) + 1))
 
 
 def bn_all(m, x, gamma, beta, dy, eps):
@@ -274,28 +281,64 @@ def bn_all(m, x, gamma, beta, dy, eps):
     # both backends differentiate at the same statistics (the reference ones)
     r_mean, r_var = reference.batchnorm_forward_train(x, gamma, beta, eps)[1:]
     dx, dgamma, dbeta = m.batchnorm_backward(dy, x, gamma, r_mean, r_var, eps)
-    return dict(y=y, mean=mean, var=var, dx=dx, dgamma=dgamma, dbeta=dbeta)
+    return dict(y=y, mean=mean, var=var, dx=dx, dgamma=dgamma, dbeta=dbeta), (r_mean, r_var)
+
+
+def bn_bounds(x, gamma, beta, dy, eps, r_mean, r_var):
+    """Largest |difference| between two float computations of each output of :func:`bn_all`.
+
+    Each computation's error, to first order in u, from the sums' bound (``helpers.float_sum_bound``)
+    and a few roundings per value, in the inputs' dtype; the differences are at most twice that.
+    Forward, with d = x - mean over M rows:
+
+    - mean: a sum of M terms then a division: e_m = gamma_{M+1} * mean|x|;
+    - var = mean(d**2): the mean's error cancels to first order (sum(d) = 0), so
+      e_v = gamma_{M+3} * (var + e_m**2) + e_m**2;
+    - y = g * d / sqrt(var + eps) + beta: e_y = |g| * inv * (e_m + |d| * (e_v / (2 (var + eps)) + 4u))
+      + 3u * (|g| * |d| * inv + |beta|).
+
+    Backward, at the same (given) statistics, xhat = (x - mean) * inv rounded 5u at most:
+    dbeta sums M terms |dy|, dgamma M terms |dy * xhat| (+5 roundings), and
+    dx = g * inv * (dy - dbeta / M - xhat * dgamma / M) inherits both sums' errors:
+    e_dx = gamma_{M+9} * |g| * inv * (|dy| + sum|dy| / M + |xhat| * sum|dy * xhat| / M).
+    """
+    dtype = np.result_type(x.dtype, dy.dtype)
+    u = unit_roundoff(dtype)
+    C = x.shape[-1]
+    x2, dy2 = x.reshape(-1, C).astype(np.float64), dy.reshape(-1, C).astype(np.float64)
+    M = x2.shape[0]
+    ag, ab = np.abs(gamma).astype(np.float64), np.abs(beta).astype(np.float64)
+    mean = x2.mean(axis=0)
+    d = np.abs(x2 - mean)
+    var = (d**2).mean(axis=0)
+    inv = 1 / np.sqrt(var + eps)
+    e_m = gamma_n(M + 1, dtype) * np.abs(x2).mean(axis=0)
+    e_v = gamma_n(M + 3, dtype) * (var + e_m**2) + e_m**2
+    e_y = ag * inv * (e_m + d * (e_v / (2 * (var + eps)) + 4 * u)) + 3 * u * (ag * d * inv + ab)
+    r_inv = 1 / np.sqrt(np.asarray(r_var, np.float64) + eps)
+    xhat = np.abs(x2 - r_mean) * r_inv
+    s_dbeta, s_dgamma = np.abs(dy2).sum(axis=0), np.abs(dy2 * xhat).sum(axis=0)
+    e_dx = gamma_n(M + 9, dtype) * ag * r_inv * (np.abs(dy2) + s_dbeta / M + xhat * s_dgamma / M)
+    bounds = dict(mean=e_m, var=e_v, y=e_y, dbeta=gamma_n(M, dtype) * s_dbeta,
+                  dgamma=gamma_n(M + 5, dtype) * s_dgamma, dx=e_dx)
+    return {k: 2 * v.reshape(x.shape if k in ("y", "dx") else (C,)) for k, v in bounds.items()}
 
 
 def assert_avgpool_backends_agree(x, dy, kw):
-    tol = TOLERANCES[x.dtype.type]
     expected, actual = avgpool_all(reference, x, dy, kw), avgpool_all(numba_cpu, x, dy, kw)
-    for name, value in expected.items():
-        assert actual[name].dtype == value.dtype, name
-        assert_close(name, actual[name], value, **tol)
+    for name, (abs_sum, n_terms) in avgpool_sums(x, dy, kw).items():
+        assert actual[name].dtype == expected[name].dtype, name
+        assert_sums_close(name, actual[name], expected[name], abs_sum, n_terms)
 
 
 def assert_bn_backends_agree(x, gamma, beta, dy, eps=1e-3):
-    # each output relative to its largest entry: the two backends sum M rows in different orders
-    # (NumPy pairwise in the dtype of x, Numba in float64 blocks), so errors scale with the sums' terms
-    tol = {np.float64: 1e-12, np.float32: 3e-5}[x.dtype.type]
-    expected, actual = bn_all(reference, x, gamma, beta, dy, eps), bn_all(numba_cpu, x, gamma, beta, dy, eps)
-    # dx is a difference of terms of size |gamma| / std * |dy| that can cancel almost exactly (M = 2)
-    terms = np.abs(gamma).max() / np.sqrt(expected["var"].min() + eps) * np.abs(dy).max()
+    # the two backends sum M rows in different orders (NumPy pairwise in the dtype of x, Numba
+    # in float64 blocks); dx is a difference of terms that can cancel almost exactly (M = 2)
+    (expected, stats), (actual, _) = bn_all(reference, x, gamma, beta, dy, eps), bn_all(numba_cpu, x, gamma, beta, dy, eps)
+    bounds = bn_bounds(x, gamma, beta, dy, eps, *stats)
     for name, value in expected.items():
         assert actual[name].dtype == value.dtype, name
-        size = terms if name == "dx" else np.abs(value).max()
-        assert_close(name, actual[name], value, rtol=tol, atol=tol * size)
+        assert_within(name, actual[name], value, bounds[name], "the float bound of bn_bounds")
 
 
 def make_avgpool(case, rng, dtype):
@@ -367,7 +410,7 @@ def test_new_numba_kernels_do_not_depend_on_thread_count(restore_threads):
     results = []
     for threads in (1, 2):
         numba_cpu.set_num_threads(threads)
-        results.append({**bn_all(numba_cpu, x, gamma, beta, dy, 1e-3), **avgpool_all(numba_cpu, px, pdy, pkw)})
+        results.append({**bn_all(numba_cpu, x, gamma, beta, dy, 1e-3)[0], **avgpool_all(numba_cpu, px, pdy, pkw)})
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), f"{name} differs between 1 and 2 threads"
 
@@ -436,7 +479,7 @@ def test_avgpool_matches_a_naive_loop(name, case):
         cells = [x[n, p, q, c] for u in range(PH) for v in range(PW)
                  if 0 <= (p := SH * i + u - pt) < H and 0 <= (q := SW * j + v - pl) < W]
         expected[n, i, j, c] = sum(cells) / len(cells)
-    assert_close("y", y, expected, rtol=1e-12, atol=1e-14)
+    assert_sums_close("y", y, expected, *avgpool_sums(x, np.zeros_like(y), kw)["y"])
 
 
 def test_same_avgpool_leaves_the_padding_out():
@@ -458,9 +501,9 @@ def test_avgpool_matches_torch_where_same_padding_is_symmetric(name, shape, pool
     xt = torch.tensor(nchw(x), requires_grad=True)
     yt = torch.nn.functional.avg_pool2d(xt, kw["pool_size"], kw["strides"], padding=(pt, pl), count_include_pad=False)
     yt.backward(torch.tensor(nchw(dy)))
-    ours = avgpool_all(BACKENDS[name], x, dy, kw)
-    assert_close("y", ours["y"], nhwc(yt.detach().numpy()), rtol=1e-12, atol=1e-14)
-    assert_close("dx", ours["dx"], nhwc(xt.grad.numpy()), rtol=1e-12, atol=1e-14)
+    ours, sums = avgpool_all(BACKENDS[name], x, dy, kw), avgpool_sums(x, dy, kw)
+    assert_sums_close("y", ours["y"], nhwc(yt.detach().numpy()), *sums["y"])
+    assert_sums_close("dx", ours["dx"], nhwc(xt.grad.numpy()), *sums["dx"])
 
 
 @pytest.mark.parametrize("keepdims", [False, True])
@@ -478,8 +521,9 @@ def test_global_pooling_matches_torch(backend, keepdims):
         yt = fn(xt, 1)                                   # (N, C, 1, 1)
         yt.backward(torch.tensor(nchw(dy.reshape(3, 1, 1, 6))))
         assert y.shape == ((3, 1, 1, 6) if keepdims else (3, 6))
-        assert_close("y", y.reshape(3, 6), yt.detach().numpy().reshape(3, 6), rtol=1e-12, atol=1e-14)
-        assert_close("dx", dx, nhwc(xt.grad.numpy()), rtol=1e-12, atol=1e-14)
+        # the mean of 5*4 cells: a sum of 20 terms and a division; dx = dy / 20 one rounding (a max is exact)
+        assert_sums_close("y", y.reshape(3, 6), yt.detach().numpy().reshape(3, 6), np.abs(x).mean(axis=(1, 2)), 21)
+        assert_sums_close("dx", dx, nhwc(xt.grad.numpy()), np.broadcast_to(np.abs(dy).reshape(3, 1, 1, 6), x.shape), 1)
 
 
 def test_global_max_pooling_gives_ties_to_the_first_maximum(backend):
@@ -530,10 +574,12 @@ def test_batchnorm_training_matches_torch(backend, shape):
         bn.zero_grad()
         yt = bn(xt)
         yt.backward(torch.tensor(nchw(dy)))
-        assert_close("y", y, nhwc(yt.detach().numpy()), rtol=1e-10, atol=1e-12)
-        assert_close("dx", dx, nhwc(xt.grad.numpy()), rtol=1e-9, atol=1e-11)
-        assert_close("dgamma", layer.grads["gamma"], bn.weight.grad.numpy(), rtol=1e-10, atol=1e-12)
-        assert_close("dbeta", layer.grads["beta"], bn.bias.grad.numpy(), rtol=1e-10, atol=1e-12)
+        x2 = x.reshape(-1, C)
+        bounds = bn_bounds(x, layer.params["gamma"], layer.params["beta"], dy, eps, x2.mean(axis=0), x2.var(axis=0))
+        for name, ours, theirs in (("y", y, nhwc(yt.detach().numpy())), ("dx", dx, nhwc(xt.grad.numpy())),
+                                   ("dgamma", layer.grads["gamma"], bn.weight.grad.numpy()),
+                                   ("dbeta", layer.grads["beta"], bn.bias.grad.numpy())):
+            assert_within(name, ours, theirs, bounds[name], "the float bound of bn_bounds")
         assert_close("moving_mean", layer.moving_mean, bn.running_mean.numpy(), rtol=1e-12, atol=1e-14)
         M = x.size // C
         keras_var = momentum * keras_var + (1 - momentum) * x.var(axis=axes)
@@ -565,10 +611,16 @@ def test_batchnorm_inference_matches_torch(backend, shape):
     xt = torch.tensor(nchw(x), requires_grad=True)
     yt = bn(xt)
     yt.backward(torch.tensor(nchw(dy)))
-    assert_close("y", y, nhwc(yt.detach().numpy()), rtol=1e-12, atol=1e-14)
-    assert_close("dx", dx, nhwc(xt.grad.numpy()), rtol=1e-12, atol=1e-14)
-    assert_close("dgamma", layer.grads["gamma"], bn.weight.grad.numpy(), rtol=1e-10, atol=1e-12)
-    assert_close("dbeta", layer.grads["beta"], bn.bias.grad.numpy(), rtol=1e-10, atol=1e-12)
+    # inference: y = gamma * (x - mean) * inv_std + beta, a few roundings per value; dgamma and dbeta
+    # sum M terms each (|dy * xhat| and |dy|); dx = dy * gamma * inv_std, a few roundings
+    M, C = x.size // shape[-1], shape[-1]
+    inv_std = 1 / np.sqrt(layer.moving_variance + 1e-5)
+    xhat = np.abs(x - layer.moving_mean) * inv_std
+    gamma, beta = np.abs(layer.params["gamma"]), np.abs(layer.params["beta"])
+    assert_sums_close("y", y, nhwc(yt.detach().numpy()), gamma * xhat + beta + np.abs(layer.moving_mean) * gamma * inv_std, 6)
+    assert_sums_close("dx", dx, nhwc(xt.grad.numpy()), np.abs(dy) * gamma * inv_std, 4)
+    assert_sums_close("dgamma", layer.grads["gamma"], bn.weight.grad.numpy(), (np.abs(dy) * xhat).reshape(M, C).sum(axis=0), M + 6)
+    assert_sums_close("dbeta", layer.grads["beta"], bn.bias.grad.numpy(), np.abs(dy).reshape(M, C).sum(axis=0), M)
 
 
 def test_batchnorm_axis_normalises_along_that_axis(backend):
@@ -678,10 +730,11 @@ def test_dilated_conv2d_matches_torch(backend, case):
     yt.backward(torch.tensor(nchw(dy)))
     if padding == "same":
         assert y.shape[1:3] == shape[1:3]
-    assert_close("y", y, nhwc(yt.detach().numpy()), rtol=1e-10, atol=1e-12)
-    assert_close("dx", dx, nhwc(xt.grad.numpy()), rtol=1e-10, atol=1e-12)
-    assert_close("dkernel", layer.grads["kernel"], wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-10, atol=1e-12)
-    assert_close("dbias", layer.grads["bias"], bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    sums = conv_sums(x, layer.params["kernel"], layer.params["bias"], dy, layer.strides, ((pt, pb), (pl, pr)), layer.dilation_rate)
+    assert_sums_close("y", y, nhwc(yt.detach().numpy()), *sums["y"])
+    assert_sums_close("dx", dx, nhwc(xt.grad.numpy()), *sums["dx"])
+    assert_sums_close("dkernel", layer.grads["kernel"], wt.grad.numpy().transpose(2, 3, 1, 0), *sums["dw"])
+    assert_sums_close("dbias", layer.grads["bias"], bt.grad.numpy(), *sums["db"])
 
 
 def test_string_activations_follow_keras_defaults():

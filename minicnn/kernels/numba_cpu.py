@@ -213,18 +213,17 @@ def clear_buffers():
 # one busy thread per core and nothing spins. (With Numba's OpenMP threads for the loops and
 # OpenBLAS's threads for the products, each pool's idle threads took the cores from the other:
 # OpenBLAS's threads spin for about 0.1 s after a call, and on a busy machine a 1 ms kernel
-# took 500 ms.) The split depends only on the shapes and on ``NUMBA_NUM_THREADS``, never on
-# the number of threads in use: every sum is added up in the same order, and the results are
-# the same bits for any thread count.
+# took 500 ms.) The split depends only on the shapes (``PARTS`` parts, whatever the thread
+# count or ``NUMBA_NUM_THREADS``): every sum is added up in the same order, and the results are
+# the same bits on 1, 2 or 16 threads of the same CPU target.
 
 # serial loops that release the GIL: lanes run them side by side. NumPy's error model: a
 # division by zero gives inf or nan as in the reference (and needs no test in the loop)
 LANE_JIT_OPTIONS = dict(cache=_CACHE_OK, fastmath=False, nogil=True, error_model="numpy")
 MAX_LANES = max(1, numba.config.NUMBA_NUM_THREADS)
-# parts per kernel call, fixed for a process: two per lane, so that when the system holds
-# one lane up the others take its second part (measured: batch 128 trained 5% faster than
-# with one part per lane, batch 32 the same)
-PARTS = 2 * MAX_LANES
+# parts per kernel call, a constant (a split by thread count would change dw's partial sums):
+# up to 8 busy lanes; on 2 cores, small CNN, as fast as two parts per lane (16: 4-9% slower)
+PARTS = 8
 LANE_MIN_WORK = 2**16  # below this many output values a call runs on the calling thread alone
 LANE_SPIN_S = 1e-3  # an idle lane looks for work this long before it sleeps
 
