@@ -61,7 +61,7 @@ MUTANTS = [
            "        return -np.sum(y * np.log(p) + (1 - y) * np.log(1 - p), axis=-1)", ("tests/test_losses.py",)),
     Mutant("log-softmax without the max shift (overflows)", "minicnn/losses.py",
            "    z = z - np.max(z, axis=-1, keepdims=True)\n", "    z = z - 0\n", ("tests/test_losses.py",)),
-    Mutant("sparse accuracy compares against the wrong axis", "minicnn/models.py",
+    Mutant("sparse accuracy compares against the wrong axis", "minicnn/metrics.py",
            "np.asarray(y_true).reshape(-1) == np.argmax(y_pred, axis=-1)",
            "np.asarray(y_true).reshape(-1) == np.argmax(y_pred, axis=0)[: len(y_pred)]",
            ("tests/test_training_behaviour.py", "tests/test_metrics.py")),
@@ -78,7 +78,7 @@ MUTANTS = [
            "            w += self.momentum * v - lr * g", "            w += v", ("tests/test_optimizers.py",)),
     # ---------------------------------------------------------------- training loop
     Mutant("fit ignores shuffle=True", "minicnn/models.py",
-           "        order = config.rng().permutation(n) if self.shuffle else None", "        order = None",
+           "        order = self.shuffle.permutation(n) if self.shuffle else None", "        order = None",
            ("tests/test_training_behaviour.py", "-k", "shuffle")),
     Mutant("evaluate and validation run in training mode", "minicnn/models.py",
            "        y_pred = self._forward(x, training=False)\n        return self.loss(",
@@ -103,6 +103,6 @@ MUTANTS = [
            ("tests/test_training_behaviour.py", "-k", "progress or prints")),
     # ---------------------------------------------------------------- saving
     Mutant("loading restarts the optimizer's step count", "minicnn/saving.py",
-           '    return {"iterations": state["iterations"], "slots": slots}', '    return {"iterations": 0, "slots": slots}',
+           '    return {"iterations": state.get("iterations", 0), "slots": out}', '    return {"iterations": 0, "slots": out}',
            ("tests/test_saving.py",)),
 ]
