@@ -48,9 +48,9 @@ import warnings
 
 import numpy as np
 
-from . import activations as activations_module
-from . import kernels
-from .layers import (
+from .. import activations as activations_module
+from .. import kernels
+from ..layers import (
     ELU,
     Activation,
     AveragePooling2D,
@@ -74,8 +74,8 @@ from .layers import (
     Resizing,
     ZeroPadding2D,
 )
-from .layers import ReLU as ReLULayer
-from .layers import Softmax as SoftmaxLayer
+from ..layers import ReLU as ReLULayer
+from ..layers import Softmax as SoftmaxLayer
 
 #: Training-time augmentation: the identity at inference, so ``to_torch`` leaves it out.
 _AUGMENTATION = (RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom)
@@ -87,7 +87,7 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise ImportError("minicnn.interop needs PyTorch: pip install torch") from None
+        raise ImportError("minicnn.interop needs PyTorch: pip install torch==2.13.0 (or pip install 'minicnn[torch]')") from None
     return torch
 
 
@@ -612,7 +612,7 @@ def from_torch(module, input_shape, name=None):
     NotImplementedError
         Naming the first module (by its path in the container) minicnn cannot express.
     """
-    from .models import Sequential
+    from ..models import Sequential
 
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
