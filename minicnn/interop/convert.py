@@ -78,7 +78,7 @@ from ..layers import ReLU as ReLULayer
 from ..layers import Softmax as SoftmaxLayer
 
 #: Training-time augmentation: the identity at inference, so ``to_torch`` leaves it out.
-_AUGMENTATION = (RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom)
+AUGMENTATION = (RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom)
 
 __all__ = ["to_torch", "from_torch", "ChannelsLastFlatten", "Rescale", "Standardize"]  # noqa: F822 (made on first use)
 
@@ -330,7 +330,7 @@ def to_torch(model):
     dtype = torch.float64 if model.layers and model.layers[0].dtype == "float64" else torch.float32
     modules, skipped = [], []
     for layer in model.layers:
-        if isinstance(layer, _AUGMENTATION):
+        if isinstance(layer, AUGMENTATION):
             skipped.append(layer.name)
             continue
         modules += _export_layer(torch, layer, dtype)

@@ -44,11 +44,9 @@ import numpy as np
 
 from .. import config, losses, optimizers
 from ..callbacks import CallbackList
-from ..layers.preprocessing import RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom
-from .convert import _torch, from_torch
+from ..models import DEFAULT_BATCH_SIZE, Sequential, _check_int, _check_verbose, _is_dataset
+from .convert import AUGMENTATION, _torch, from_torch  # augmentation: to_torch leaves it out, minicnn runs it
 
-#: Augmentation layers: random only in training, so ``to_torch`` leaves them out; minicnn runs them.
-AUGMENTATION = (RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom)
 #: The compiled losses and optimizers with a PyTorch equivalent (``worker.loss_terms``, ``worker.KerasOptimizer``).
 LOSSES = (losses.SparseCategoricalCrossentropy, losses.CategoricalCrossentropy, losses.BinaryCrossentropy,
           losses.MeanSquaredError)
@@ -57,7 +55,7 @@ PROBE = 256   # rank 0 returns PyTorch's predictions for this many samples (``hi
 
 
 def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0, validation_data=None,
-                    shuffle=True, verbose="auto", initial_epoch=0, nproc=1, device="cpu", timeout=300.0):
+                    shuffle=True, verbose="auto", initial_epoch=0, nproc=1, device="cpu", threads=1, timeout=300.0):
     """``model.fit`` on ``nproc`` PyTorch processes; the trained weights are written back into ``model``.
 
     Parameters
@@ -68,7 +66,11 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
     epochs, batch_size, validation_split, validation_data, shuffle, verbose, initial_epoch
         As in ``Sequential.fit``. ``batch_size`` (default 32) is the global batch, shared by the processes.
     nproc : int
-        Number of processes. On a CPU each gets ``os.cpu_count() // nproc`` threads.
+        Number of processes.
+    threads : int
+        PyTorch threads per process (``torch.set_num_threads``). 1, as ``torchrun`` sets by default: on a
+        busy machine more threads per process spin against each other (a step of the small CNN took
+        4x longer with 2 threads than with 1 on our shared 2-core machine); scale with ``nproc`` instead.
     device : 'cpu' or 'cuda'
         'cuda' runs one process per GPU (``nproc`` at most ``torch.cuda.device_count()``), over NCCL.
     timeout : float
@@ -90,6 +92,7 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
     """
     torch = _torch()
     plan = _check(model, torch, epochs, batch_size, verbose, initial_epoch, nproc, device, timeout)
+    plan["threads"] = _check_int("threads", threads, 1)
     x, y, val = _check_data(model, x, y, validation_split, validation_data)
     if len(x) < nproc:
         raise ValueError(f"fit_distributed: nproc={nproc} is larger than the data: {len(x)} training sample(s). "
@@ -112,8 +115,7 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         plan.update(dir=run_dir, config=model.get_config(), weights=model.get_weights(), split=split,
                     loss=model.loss, metrics=list(model._metrics), optimizer=model.optimizer,
                     dtype=str(model.layers[0].dtype), backend=config.get_backend(), probe=PROBE,
-                    seed=int(config.rng().integers(2**31)), port=_free_port(),
-                    threads=max(1, (os.cpu_count() or 1) // nproc))
+                    seed=int(config.rng().integers(2**31)), port=_free_port())
         steps = math.ceil(len(x) / plan["batch_size"])
         cbs = CallbackList(None, model=model, add_history=True, add_progbar=plan["verbose"] != 0,
                            verbose=plan["verbose"], epochs=epochs, steps=steps)
@@ -135,8 +137,6 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
 
 # ============================================================================ checks (nothing changes before they pass)
 def _check(model, torch, epochs, batch_size, verbose, initial_epoch, nproc, device, timeout):
-    from ..models import DEFAULT_BATCH_SIZE, _check_int, _check_verbose
-
     model._check_compiled("fit_distributed")
     nproc = _check_int("nproc", nproc, 1)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _check_int("batch_size", batch_size, 1)
@@ -170,8 +170,6 @@ def _check(model, torch, epochs, batch_size, verbose, initial_epoch, nproc, devi
 
 def _check_data(model, x, y, validation_split, validation_data):
     """Checked ``(x, y, val)`` with ``fit``'s rules; arrays only (the data is memory-mapped by each process)."""
-    from ..models import _is_dataset
-
     if _is_dataset(x) or (validation_data is not None and _is_dataset(validation_data)):
         raise ValueError("fit_distributed takes arrays (x, y) and validation_data=(x_val, y_val); "
                          "for a dataset of batches, concatenate it into arrays first.")
@@ -206,7 +204,6 @@ def _generator_kept():
 def _check_model(model, x_shape):
     """Convert (a copy of) the model both ways, as the processes and the write-back will: every layer,
     loss and optimizer problem shows here, before anything starts or changes."""
-    from ..models import Sequential
     from .worker import split_model, torch_network
 
     with _generator_kept():
