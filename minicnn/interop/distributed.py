@@ -80,8 +80,8 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
     Returns
     -------
     History, as ``fit`` returns (also ``model.history``). ``history.engine`` adds ``nproc``, ``device``,
-    ``seconds`` (the run, start-up included), ``train_seconds`` (from the first to the last step),
-    ``samples_per_second`` (over those seconds) and ``predictions``: rank 0's PyTorch outputs for the first
+    ``seconds`` (the run, start-up included), ``train_seconds`` (from the end of the first step to the end
+    of training, validation included), ``samples_per_second`` (the samples of the steps in those seconds) and ``predictions``: rank 0's PyTorch outputs for the first
     256 validation samples (training samples without validation data), to compare with ``model.predict``.
 
     Raises
@@ -102,6 +102,7 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         model.build(x.shape)
     split = _split_point(model)
 
+    rng_state = config.rng().bit_generator.state
     run_dir = tempfile.mkdtemp(prefix="minicnn-ddp-")
     try:
         np.save(os.path.join(run_dir, "x.npy"), x)
@@ -112,10 +113,12 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         if shuffle:              # one permutation per epoch from minicnn's generator, as ``fit`` draws them
             np.save(os.path.join(run_dir, "order.npy"),
                     np.stack([config.rng().permutation(len(x)) for _ in range(initial_epoch, epochs)]))
+        with _generator_kept():        # seeds for PyTorch's Dropout, drawn without moving the stream fit uses
+            seed = int(config.rng().integers(2**31))
         plan.update(dir=run_dir, config=model.get_config(), weights=model.get_weights(), split=split,
                     loss=model.loss, metrics=list(model._metrics), optimizer=model.optimizer,
                     dtype=str(model.layers[0].dtype), backend=config.get_backend(), probe=PROBE,
-                    seed=int(config.rng().integers(2**31)), port=_free_port())
+                    seed=seed, port=_free_port())
         steps = math.ceil(len(x) / plan["batch_size"])
         cbs = CallbackList(None, model=model, add_history=True, add_progbar=plan["verbose"] != 0,
                            verbose=plan["verbose"], epochs=epochs, steps=steps)
@@ -123,13 +126,18 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         train_seconds = _run(torch, plan, cbs, epochs, initial_epoch)
         seconds = time.perf_counter() - start
         result = dict(np.load(os.path.join(run_dir, "result.npz"), allow_pickle=False))
+    except BaseException:
+        config.rng().bit_generator.state = rng_state     # a failed run leaves minicnn's generator as it was
+        raise
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
     _write_back(model, split, result)
     history = cbs.history
     history.engine = {"nproc": nproc, "device": device, "seconds": seconds, "train_seconds": train_seconds,
-                      "samples_per_second": len(x) * (epochs - initial_epoch) / max(train_seconds, 1e-9),
+                      # the first step's samples are not in train_seconds
+                      "samples_per_second": (len(x) * (epochs - initial_epoch) - min(len(x), plan["batch_size"]))
+                      / max(train_seconds, 1e-9),
                       "predictions": result["predictions"]}
     model.history = history
     return history
@@ -289,7 +297,7 @@ def _run(torch, plan, cbs, epochs, initial_epoch):
         while not procs.join(timeout=1.0):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fit_distributed: the processes did not exit within {timeout:.0f} s of the end.")
-    except torch.multiprocessing.spawn.ProcessException as err:      # a process failed after rank 0 finished
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:   # one failed after rank 0 finished
         _stop(procs)
         raise RuntimeError(f"fit_distributed: process {err.error_index} failed: {str(err).strip().splitlines()[-1]}") from None
     except BaseException:

@@ -1,0 +1,311 @@
+"""fit_distributed: minicnn's fit on PyTorch's DistributedDataParallel (gloo over 127.0.0.1, spawned processes).
+
+Evidence: with the same seed, data order and float64, the weights, optimizer state and History after
+a few steps equal ``model.fit``'s (one process, and two processes sharing each batch unevenly); two
+processes train the embedded Fashion-MNIST sample as one does; rank 0's PyTorch predictions equal the
+returned model's; every error stops the run with one message and leaves the model as it was.
+"""
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import cli, config
+from minicnn.datasets import fashion_mnist
+from minicnn.layers import (
+    AveragePooling2D,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Flatten,
+    Input,
+    MaxPooling2D,
+    RandomFlip,
+    Rescaling,
+)
+from minicnn.losses import MeanSquaredError
+from minicnn.models import Sequential
+from minicnn.optimizers import SGD, Adam, RMSprop
+from minicnn.regularizers import l2
+from minicnn.schedules import ExponentialDecay
+from minicnn.utils import set_random_seed
+
+torch = pytest.importorskip("torch", reason="fit_distributed trains on PyTorch: pip install 'minicnn[torch]'")
+from minicnn.interop import fit_distributed  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("default_settings")
+
+# float64 rounding is ~1e-16 per operation; a few steps of a small model stay far below 1e-12, while
+# PyTorch's own Adam/RMSprop/SGD forms (epsilon placement, momentum before the rate) move weights by
+# more than 1e-8 within these steps.
+TIGHT = 1e-12
+
+
+def small_model(optimizer, batchnorm=False, regularizer=None):
+    set_random_seed(0)
+    model = Sequential([Input(shape=(8, 8, 1)), Conv2D(3, 3, activation="relu", kernel_regularizer=regularizer)]
+                       + ([BatchNormalization()] if batchnorm else [])
+                       + [MaxPooling2D(), Flatten(), Dense(4, activation="softmax")])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def snapshot(model):
+    """Everything an error must leave as it was: weights, optimizer state, minicnn's generator."""
+    return model.get_weights(), model.optimizer.get_state(), config.rng().bit_generator.state
+
+
+def assert_unchanged(model, before):
+    weights, state, rng_state = before
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.get_state()["iterations"] == state["iterations"]
+    assert config.rng().bit_generator.state == rng_state
+
+
+def assert_same_training(a, b, ha, hb, tol):
+    """Two models trained from the same start: weights, optimizer slots and History agree within tol."""
+    for i, (wa, wb) in enumerate(zip(a.get_weights(), b.get_weights(), strict=True)):
+        np.testing.assert_allclose(wb, wa, rtol=0, atol=tol, err_msg=f"weight {i}")
+    sa, sb = a.optimizer.get_state(), b.optimizer.get_state()
+    assert sa["iterations"] == sb["iterations"]
+    assert len(sa["slots"]) == len(sb["slots"])
+    for (ka, slots_a), slots_b in zip(sa["slots"].items(), sb["slots"].values()):   # same layer order
+        assert slots_a.keys() == slots_b.keys(), ka
+        for name in slots_a:
+            np.testing.assert_allclose(slots_b[name], slots_a[name], rtol=0, atol=tol, err_msg=f"{ka} {name}")
+    assert ha.history.keys() == hb.history.keys()
+    for key in ha.history:
+        np.testing.assert_allclose(hb.history[key], ha.history[key], rtol=0, atol=tol, err_msg=key)
+
+
+@pytest.mark.parametrize("make_optimizer, nproc, batchnorm", [
+    (lambda: Adam(ExponentialDecay(1e-2, decay_steps=3, decay_rate=0.5), clipnorm=0.05), 1, True),
+    (lambda: RMSprop(1e-2, momentum=0.5, global_clipnorm=0.1), 1, True),
+    # two processes: the last batch of each epoch (1 sample) leaves process 1 an empty share
+    (lambda: SGD(0.1, momentum=0.9, nesterov=True, clipvalue=0.02), 2, False),
+], ids=["adam-1", "rmsprop-1", "sgd-2"])
+def test_the_torch_engine_takes_the_steps_fit_takes(make_optimizer, nproc, batchnorm):
+    minicnn.set_floatx("float64")
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((42, 8, 8, 1)), rng.integers(0, 4, 42)   # 33 to train: batches 8, 8, 8, 8, 1
+    a = small_model(make_optimizer(), batchnorm, l2(1e-3))
+    b = small_model(make_optimizer(), batchnorm, l2(1e-3))
+    set_random_seed(1)
+    ha = a.fit(x, y, batch_size=8, epochs=2, validation_split=0.2, verbose=0)
+    after_fit = config.rng().bit_generator.state
+    set_random_seed(1)
+    hb = fit_distributed(b, x, y, batch_size=8, epochs=2, validation_split=0.2, verbose=0, nproc=nproc)
+    assert config.rng().bit_generator.state == after_fit       # the same draws: shuffling goes on alike
+    assert hb is b.history and hb.engine["nproc"] == nproc
+    assert b.optimizer.iterations == 2 * 5
+    assert_same_training(a, b, ha, hb, TIGHT)
+    # rank 0's PyTorch outputs for the validation samples are the returned model's
+    np.testing.assert_allclose(hb.engine["predictions"], b.predict(x[33:], verbose=0), rtol=0, atol=TIGHT)
+    # and minicnn carries on from the optimizer state the processes left
+    a.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    b.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wb, wa, rtol=0, atol=TIGHT)
+
+
+def test_two_processes_train_the_embedded_sample_as_one_does():
+    (x, y), (xt, yt) = fashion_mnist.load_data(sample=True)
+    x, xt = x[..., None], xt[..., None]
+
+    def model():
+        set_random_seed(3)
+        m = Sequential([Input(shape=(28, 28, 1)), Rescaling(1 / 255), Conv2D(8, 3, activation="relu"), MaxPooling2D(),
+                        Flatten(), Dense(10, activation="softmax")])
+        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return m
+
+    one, two = model(), model()
+    set_random_seed(4)
+    one.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    set_random_seed(4)
+    history = fit_distributed(two, x, y, batch_size=64, epochs=1, validation_data=(xt, yt), verbose=0, nproc=2)
+    acc_one = one.evaluate(xt, yt, verbose=0)[1]
+    loss_two, acc_two = two.evaluate(xt, yt, verbose=0)
+    assert acc_one > 0.6                                  # it learned (10 classes: chance is 0.1)
+    assert abs(acc_two - acc_one) <= 0.02, (acc_one, acc_two)
+    # the History's validation numbers (PyTorch, two shares) are minicnn's evaluate of the returned model
+    np.testing.assert_allclose([history.history["val_loss"][0], history.history["val_accuracy"][0]],
+                               [loss_two, acc_two], rtol=1e-4)
+    # float32: the same tolerance as to_torch's predictions in test_interop
+    np.testing.assert_allclose(history.engine["predictions"], two.predict(xt[:256], verbose=0), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- errors
+class HalfMSE(MeanSquaredError):
+    """A loss of the user's own: its gradient is minicnn code PyTorch knows nothing of."""
+
+
+class Lion(SGD):
+    """An optimizer of the user's own."""
+
+
+def compiled(layers, optimizer="adam", loss="mse"):
+    model = Sequential([Input(shape=(5, 5, 1))] + layers)
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: compiled([Conv2D(2, 2), AveragePooling2D(2, strides=1, padding="same")]), r"average_pooling2d.*asymmetric"),
+    (lambda: compiled([Conv2D(2, 2)], loss=HalfMSE()), "loss HalfMSE has no PyTorch equivalent"),
+    (lambda: compiled([Conv2D(2, 2)], optimizer=Lion()), "optimizer Lion has no PyTorch equivalent"),
+    (lambda: compiled([Rescaling(0.5), RandomFlip()]), "ends with augmentation; nothing to train"),
+    (lambda: compiled([Conv2D(2, 2), RandomFlip(), Flatten(), Dense(2)]), "'random_flip' comes after 'conv2d"),
+], ids=["layer", "loss", "optimizer", "augmentation-last", "augmentation-late"])
+def test_what_pytorch_cannot_train_is_refused_before_anything_starts(make, match):
+    model = make()
+    before = snapshot(model)
+    x = np.random.default_rng(0).standard_normal((6, 5, 5, 1))
+    with pytest.raises(NotImplementedError, match=match):
+        fit_distributed(model, x, np.zeros((6,) + model.output_shape[1:]), nproc=2)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("kwargs, n, match", [
+    (dict(nproc=3), 2, r"nproc=3 is larger than the data: 2 training sample"),
+    (dict(nproc=4, batch_size=2), 8, r"batch_size=2 cannot be shared by nproc=4"),
+    (dict(nproc=0), 8, r"`nproc` must be an integer >= 1"),
+    (dict(device="tpu"), 8, r"`device` must be 'cpu' or 'cuda'"),
+    (dict(timeout=0), 8, r"`timeout` must be a number of seconds > 0"),
+    (dict(validation_split=0.1), 4, r"leaves 3 of 4 samples|one side would be empty"),
+])
+def test_bad_arguments_give_one_message_and_change_nothing(kwargs, n, match):
+    model = small_model("adam")
+    before = snapshot(model)
+    x, y = np.zeros((n, 8, 8, 1)), np.zeros(n, dtype=int)
+    if "validation_split" in kwargs:
+        x, y = x[:1], y[:1]
+    with pytest.raises(ValueError, match=match):
+        fit_distributed(model, x, y, **kwargs)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="PyTorch sees no CUDA GPU"):
+        fit_distributed(small_model("adam"), np.zeros((4, 8, 8, 1)), np.zeros(4, dtype=int), device="cuda")
+
+
+def fails_in_process_one(y_true, y_pred):
+    """A metric that raises in process 1 only (module level: spawned processes import it by name)."""
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        raise ValueError("metric exploded in process 1")
+    return 0.0
+
+
+def test_an_error_in_a_process_stops_the_run_with_that_error():
+    model = small_model("adam")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=[fails_in_process_one])
+    before = snapshot(model)
+    x, y = np.zeros((16, 8, 8, 1)), np.zeros(16, dtype=int)
+    with pytest.raises(RuntimeError, match=r"process 1 of 2 failed: ValueError: metric exploded in process 1"):
+        fit_distributed(model, x, y, batch_size=4, nproc=2, verbose=0)
+    assert_unchanged(model, before)
+    assert not multiprocessing.active_children()
+
+
+def test_a_killed_process_stops_the_run_without_a_hang():
+    model = small_model("adam")
+    before = snapshot(model)
+    x, y = np.zeros((16, 8, 8, 1)), np.zeros(16, dtype=int)
+
+    def kill_the_second_process():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            children = sorted(multiprocessing.active_children(), key=lambda p: p.name)
+            if len(children) == 2:
+                time.sleep(1.0)
+                os.kill(children[1].pid, signal.SIGKILL)    # as the kernel's out-of-memory killer would
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_second_process, daemon=True)
+    killer.start()
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"process \d of 2 died \(signal 9\)|process \d of 2 failed"):
+        fit_distributed(model, x, y, batch_size=4, epochs=100_000, nproc=2, verbose=0, timeout=60)
+    assert time.monotonic() - start < 60                 # stopped by the death, not by the timeout
+    killer.join()
+    assert_unchanged(model, before)
+    assert not multiprocessing.active_children()
+
+
+def test_silence_longer_than_the_timeout_stops_every_process():
+    model = small_model("adam")
+    before = snapshot(model)
+    with pytest.raises(TimeoutError, match=r"no news from the 2 process\(es\) for 0 s"):
+        # starting a process (importing PyTorch) alone takes longer than 0.2 s
+        fit_distributed(model, np.zeros((8, 8, 8, 1)), np.zeros(8, dtype=int), nproc=2, timeout=0.2, verbose=0)
+    assert_unchanged(model, before)
+    assert not multiprocessing.active_children()
+
+
+# ---------------------------------------------------------------------------------------- the command
+def test_train_engine_torch_writes_the_same_outputs(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, colour in (("dark", 40), ("light", 210)):
+            folder = tmp_path / "pics" / split / label
+            folder.mkdir(parents=True)
+            for i in range(12):
+                pixels = np.clip(colour + rng.normal(0, 20, (20, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", str(tmp_path / "pics"), "--epochs", "12", "--batch-size", "4", "--image-size",
+            "16", "16", "--seed", "1", "--augment", "--engine", "torch", "--nproc", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "PyTorch engine: 2 process(es) on cpu" in text
+    assert float(text.split("Test accuracy: ")[1].split()[0]) >= 0.9   # dark vs light is easy
+    for name in ("model.npz", "history.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 1000
+    model = minicnn.models.load_model(out / "model.npz")
+    assert [type(layer).__name__ for layer in model.layers][:3] == ["Rescaling", "RandomFlip", "RandomTranslation"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nproc", "0", "--engine", "torch"], "--nproc must be at least 1 (received 0)"),
+    (["--nproc", "2"], "--nproc and --device choose how PyTorch trains: add --engine torch"),
+])
+def test_engine_arguments_are_checked_first(argv, message, capsys):
+    assert cli.main(["train", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err == f"minicnn: error: {message}\n"
+
+
+def test_engine_torch_without_pytorch_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)       # `import torch` now raises ImportError
+    assert cli.main(["train", "--engine", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install torch==2.13.0 (or pip install 'minicnn[torch]')" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL)")
+def test_one_gpu_takes_the_steps_fit_takes():
+    minicnn.set_floatx("float64")
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((32, 8, 8, 1)), rng.integers(0, 4, 32)
+    a, b = small_model(Adam(1e-2), True), small_model(Adam(1e-2), True)
+    set_random_seed(2)
+    ha = a.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    set_random_seed(2)
+    hb = fit_distributed(b, x, y, batch_size=8, epochs=2, verbose=0, device="cuda")
+    # cuDNN may sum in another order than the CPU: float64 rounding still far below 1e-9 in 8 steps
+    assert_same_training(a, b, ha, hb, 1e-9)
