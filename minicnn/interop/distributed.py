@@ -123,7 +123,7 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         cbs = CallbackList(None, model=model, add_history=True, add_progbar=plan["verbose"] != 0,
                            verbose=plan["verbose"], epochs=epochs, steps=steps)
         start = time.perf_counter()
-        train_seconds = _run(torch, plan, cbs, epochs, initial_epoch)
+        train_seconds = _run(plan, cbs)
         seconds = time.perf_counter() - start
         result = dict(np.load(os.path.join(run_dir, "result.npz"), allow_pickle=False))
     except BaseException:
@@ -254,7 +254,7 @@ def _free_port():
 
 
 # ============================================================================ the run
-def _run(torch, plan, cbs, epochs, initial_epoch):
+def _run(plan, cbs):
     """Start the processes, relay rank 0's progress to the callbacks, and stop everything on any failure.
 
     Returns the seconds from the first step's report to the end of training.
@@ -269,10 +269,8 @@ def _run(torch, plan, cbs, epochs, initial_epoch):
     timeout, first_step, done = plan["timeout"], None, False
     last_news = time.monotonic()
     cbs.on_train_begin()
-    epoch = initial_epoch
+    epoch, in_epoch = plan["initial_epoch"], False
     try:
-        if epoch < epochs:
-            cbs.on_epoch_begin(epoch)
         while not done:
             try:
                 kind, where, payload, *more = messages.get(timeout=0.2)
@@ -284,12 +282,13 @@ def _run(torch, plan, cbs, epochs, initial_epoch):
                 raise RuntimeError(f"fit_distributed: process {where} of {plan['world']} failed: {payload}")
             if kind == "batch":
                 first_step = first_step or time.perf_counter()
+                if not in_epoch:         # the bar's clock starts with the first step, not the start-up
+                    cbs.on_epoch_begin(epoch)
+                    in_epoch = True
                 cbs.on_train_batch_end(where, payload)
             elif kind == "epoch":
                 cbs.on_epoch_end(where, payload)
-                epoch = where + 1
-                if epoch < epochs:
-                    cbs.on_epoch_begin(epoch)
+                epoch, in_epoch = where + 1, False
             elif kind == "done":
                 done = True
         end = time.perf_counter()
@@ -325,8 +324,9 @@ def _last_words(run_dir, rank):
     try:
         with open(os.path.join(run_dir, f"rank{rank}.log"), errors="replace") as f:
             lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        return ""
+    except OSError:          # no log: it died while Python started it, before ``worker.run``
+        return ("; it died while starting. A script that calls fit_distributed must guard its entry point with "
+                "`if __name__ == \"__main__\":` (each process imports the main module)")
     return f"; its last output: {lines[-1]}" if lines else ""
 
 
