@@ -33,6 +33,7 @@ Differences from ``model.fit`` that remain: Dropout masks come from PyTorch's ge
 import contextlib
 import math
 import os
+import pickle
 import queue as queue_module
 import shutil
 import socket
@@ -110,7 +111,7 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         if val is not None:
             np.save(os.path.join(run_dir, "x_val.npy"), val[0])
             np.save(os.path.join(run_dir, "y_val.npy"), val[1])
-        if shuffle:              # one permutation per epoch from minicnn's generator, as ``fit`` draws them
+        if shuffle and epochs > initial_epoch:   # a permutation per epoch from minicnn's generator, as fit draws them
             np.save(os.path.join(run_dir, "order.npy"),
                     np.stack([config.rng().permutation(len(x)) for _ in range(initial_epoch, epochs)]))
         with _generator_kept():        # seeds for PyTorch's Dropout, drawn without moving the stream fit uses
@@ -210,26 +211,34 @@ def _generator_kept():
 
 
 def _check_model(model, x_shape):
-    """Convert (a copy of) the model both ways, as the processes and the write-back will: every layer,
-    loss and optimizer problem shows here, before anything starts or changes."""
+    """Do first what the processes and the write-back will do: rebuild the model from its config, convert
+    it to PyTorch and back, send the loss, metrics and optimizer. Every problem shows here, before
+    anything starts or changes."""
     from .worker import split_model, torch_network
 
-    with _generator_kept():
-        probe = model
-        if not model.built:            # build a copy
-            probe = Sequential.from_config(model.get_config())
-            probe.build(x_shape)
-        _, rest = split_model(probe, _split_point(probe))
+    with _generator_kept():             # the copies' initial weights are thrown away
+        copy = Sequential.from_config(model.get_config())
+        if not copy.built:
+            copy.build(x_shape)
+        _, rest = split_model(copy, _split_point(copy))
         back = from_torch(torch_network(rest), rest.input_shape[1:])
     got, want = [w.shape for w in back.get_weights()], [w.shape for w in rest.get_weights()]
     if got != want:
         raise NotImplementedError(f"fit_distributed: model '{model.name}' does not come back from PyTorch with the "
                                   f"same weights (shapes {got} instead of {want}).")
+    if not copy.trainable_weights:
+        raise ValueError(f"fit_distributed: model '{model.name}' has no trainable weights: there is nothing to train.")
     for layer in rest.layers:
         reg = getattr(layer, "kernel_regularizer", None)
         if reg is not None and not hasattr(reg, "l1"):
             raise NotImplementedError(f"fit_distributed: layer '{layer.name}' has regularizer {reg!r}; only "
                                       "minicnn.regularizers.L1L2 (l1, l2, l1_l2) has a PyTorch equivalent here.")
+    for what, obj in [("loss", model.loss), ("optimizer", model.optimizer)] + [("metric", m) for m in model._metrics]:
+        try:
+            pickle.dumps(obj)
+        except Exception as err:        # lambdas, local functions: a spawned process cannot import them
+            raise ValueError(f"fit_distributed: the {what} {obj!r} cannot be sent to the processes ({err}). "
+                             "Define it at the top level of a module.") from None
 
 
 def _split_point(model):

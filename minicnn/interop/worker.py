@@ -166,8 +166,9 @@ def torch_network(rest):
 
 
 def parameter_table(rest, net):
-    """``[(key, tensor, axes)]`` for every trainable weight: minicnn's ``"layer/param"``, the PyTorch tensor
-    holding it, the permutation from Keras's layout to PyTorch's (None: the same)."""
+    """``[(key, tensor, axes, layer)]`` for every weight in ``params``: minicnn's ``"layer/param"``, the
+    PyTorch tensor holding it, the permutation from Keras's layout to PyTorch's (None: the same), the layer.
+    The tensors of frozen layers get ``requires_grad=False``."""
     owners = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d))]
     layers = [layer for layer in rest.layers if layer.params]
     table = []
@@ -177,10 +178,8 @@ def parameter_table(rest, net):
         for name in layer.params:
             attr, axes = names[name]
             tensor = getattr(module, attr)
-            if rest.trainable and layer.trainable:
-                table.append((f"{layer.name}/{name}", tensor, axes, layer))
-            else:
-                tensor.requires_grad_(False)
+            tensor.requires_grad_(bool(rest.trainable and layer.trainable))
+            table.append((f"{layer.name}/{name}", tensor, axes, layer))
     return table
 
 
@@ -230,7 +229,16 @@ def run(rank, plan, queue):
     os.dup2(log.fileno(), 1)                               # C++ warnings of gloo/NCCL too: the parent keeps
     os.dup2(log.fileno(), 2)                               # the terminal for its one progress bar
     try:
-        _train(rank, plan, queue)
+        process = Process(rank, plan, queue)
+        for e, epoch in enumerate(range(plan["initial_epoch"], plan["epochs"])):
+            logs = process.train_epoch(e)
+            if process.has_validation:
+                logs.update({"val_" + k: v for k, v in process.evaluate().items()})
+            if rank == 0:
+                queue.put(("epoch", epoch, dict(sorted(logs.items()))))
+        if rank == 0:
+            process.write_result()
+            queue.put(("done", 0, None))
     except BaseException as err:
         queue.put(("error", rank, f"{type(err).__name__}: {err}", traceback.format_exc()))
         log.flush()
@@ -240,141 +248,136 @@ def run(rank, plan, queue):
             dist.destroy_process_group()
 
 
-def _train(rank, plan, queue):
-    world, cuda = plan["world"], plan["device"] == "cuda"
-    config.set_backend(plan["backend"])
-    config.set_floatx(plan["dtype"])                       # layers made without `dtype=` take the model's
-    config.set_seed([plan["seed"], rank])                  # augmentation layers made below draw from it
-    torch.manual_seed(plan["seed"] + rank)                 # Dropout masks
-    torch.set_num_threads(plan["threads"])
-    device = torch.device(f"cuda:{rank}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{plan['port']}",
-                            rank=rank, world_size=world, timeout=timedelta(seconds=plan["timeout"]))
+class Process:
+    """One process's copy of the model (minicnn's augmentation in front, the PyTorch network behind),
+    its optimizer, and its view of the data (memory-mapped ``.npy`` files the parent wrote)."""
 
-    model = Sequential.from_config(plan["config"])
-    model.set_weights(plan["weights"])
-    prefix, rest = split_model(model, plan["split"])
-    net = _keras_batchnorm(torch_network(rest)).to(device)
-    loss, metrics, spec = plan["loss"], plan["metrics"], plan["optimizer"]
-    last = rest.layers[-1]
-    fused = loss.fuses_with is not None and not loss.from_logits and last.activation is not None \
-        and last.activation.name == loss.fuses_with
-    train_net = net[:-1] if fused else net               # the final Softmax/Sigmoid goes into the loss
-    table = parameter_table(rest, net)
-    optimizer = KerasOptimizer([p for _, p, _, _ in table], spec)
-    for key, p, axes, _ in table:                          # resume minicnn's slots, in PyTorch's layout
-        for name, array in spec.slots.get(key, {}).items():
-            optimizer.state[p][name] = torch.from_numpy(np.ascontiguousarray(
-                array if axes is None else array.transpose(axes))).to(device)
-    ddp = nn.parallel.DistributedDataParallel(train_net, device_ids=[rank] if cuda else None)
-    sum_loss = loss_terms(loss, fused)
+    def __init__(self, rank, plan, queue):
+        self.rank, self.plan, self.queue = rank, plan, queue
+        self.world, cuda = plan["world"], plan["device"] == "cuda"
+        config.set_backend(plan["backend"])
+        config.set_floatx(plan["dtype"])                   # layers made without `dtype=` take the model's
+        config.set_seed([plan["seed"], rank])              # augmentation layers made below draw from it
+        torch.manual_seed(plan["seed"] + rank)             # Dropout masks
+        torch.set_num_threads(plan["threads"])
+        self.device = torch.device(f"cuda:{rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{plan['port']}",
+                                rank=rank, world_size=self.world, timeout=timedelta(seconds=plan["timeout"]))
 
-    data = {name: np.load(os.path.join(plan["dir"], name + ".npy"), mmap_mode="r")
-            for name in ("x", "y", "order", "x_val", "y_val") if os.path.exists(os.path.join(plan["dir"], name + ".npy"))}
-    dtype = np.dtype(plan["dtype"])
+        model = Sequential.from_config(plan["config"])
+        model.set_weights(plan["weights"])
+        self.prefix, rest = split_model(model, plan["split"])
+        self.input_shape = rest.input_shape[1:]
+        self.net = _keras_batchnorm(torch_network(rest)).to(self.device)
+        self.loss, self.metrics, spec = plan["loss"], plan["metrics"], plan["optimizer"]
+        last = rest.layers[-1]
+        self.fused = self.loss.fuses_with is not None and not self.loss.from_logits \
+            and last.activation is not None and last.activation.name == self.loss.fuses_with
+        self.train_net = self.net[:-1] if self.fused else self.net   # the final Softmax/Sigmoid goes into the loss
+        self.sum_loss = loss_terms(self.loss, self.fused)
+        self.penalized = parameter_table(rest, self.net)  # frozen kernels still add their penalty to the loss
+        self.table = [entry for entry in self.penalized if entry[1].requires_grad]
+        self.optimizer = KerasOptimizer([p for _, p, _, _ in self.table], spec)
+        for key, p, axes, _ in self.table:                 # resume minicnn's slots, in PyTorch's layout
+            for name, array in spec.slots.get(key, {}).items():
+                self.optimizer.state[p][name] = torch.from_numpy(np.ascontiguousarray(
+                    array if axes is None else array.transpose(axes))).to(self.device)
+        self.ddp = nn.parallel.DistributedDataParallel(self.train_net, device_ids=[rank] if cuda else None)
 
-    def tensor(a):
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
-        return (t.permute(0, 3, 1, 2) if t.dim() == 4 else t).to(device)
+        files = {name: os.path.join(plan["dir"], name + ".npy") for name in ("x", "y", "order", "x_val", "y_val")}
+        self.data = {name: np.load(path, mmap_mode="r") for name, path in files.items() if os.path.exists(path)}
+        self.has_validation = "x_val" in self.data
+        self.dtype = np.dtype(plan["dtype"])
 
-    def inputs(xb, training):
-        xb = np.asarray(xb, dtype=dtype)
-        for layer in prefix:
+    # ------------------------------------------------------------------------ arrays in, arrays out
+    def tensor(self, a):
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=self.dtype))
+        return (t.permute(0, 3, 1, 2) if t.dim() == 4 else t).to(self.device)   # NHWC -> NCHW
+
+    def inputs(self, xb, training):
+        """The PyTorch network's input: ``xb`` through minicnn's leading (augmentation) layers."""
+        if len(xb) == 0:                                   # an empty share at the end of an epoch
+            return self.tensor(np.zeros((0, *self.input_shape)))
+        xb = np.asarray(xb, dtype=self.dtype)
+        for layer in self.prefix:
             xb = layer.forward(xb, training=training)
-        return tensor(xb)
+        return self.tensor(xb)
 
-    def outputs_of(z):
-        """minicnn's outputs (probabilities after a fused activation) as NumPy, for the reported logs."""
-        if fused:
-            z = torch.softmax(z, dim=1) if loss.fuses_with == "softmax" else torch.sigmoid(z)
+    def outputs(self, z):
+        """minicnn's outputs as NumPy (the fused activation applied to the logits ``z``), for the logs."""
+        if self.fused:
+            z = torch.softmax(z, dim=1) if self.loss.fuses_with == "softmax" else torch.sigmoid(z)
         return z.detach().cpu().numpy()
 
-    def reduce_logs(pieces, n_total, with_penalty):
-        """Global logs from each process's ``{name: sum over its share}``: one all_reduce."""
-        names = sorted(pieces)
-        t = torch.tensor([pieces[k] for k in names], dtype=torch.float64, device=device)
+    def share_sums(self, y, out):
+        """``{name: value * n}`` on this share of ``n`` samples, with minicnn's own loss and metric functions."""
+        if len(y) == 0:
+            return {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
+        sums = {"loss": float(np.sum(self.loss.per_sample(y, out)))}
+        return {**sums, **{name: fn(y, out) * len(y) for name, fn in self.metrics}}
+
+    def reduce(self, sums, n, penalty_value):
+        """The batch's logs from every process's share sums: one all_reduce of a few numbers."""
+        names = sorted(sums)
+        t = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        logs = {k: float(v) / n_total for k, v in zip(names, t.tolist())}
-        logs["loss"] += with_penalty
+        logs = {k: float(v) / n for k, v in zip(names, t.tolist())}
+        logs["loss"] += penalty_value
         return logs
 
-    def share_logs(y_np, out_np):
-        """``{name: value * n}`` for this share (``n`` samples), minicnn's loss and metric functions."""
-        n = len(y_np)
-        if n == 0:
-            return {"loss": 0.0, **{name: 0.0 for name, _ in metrics}}
-        return {"loss": float(np.sum(loss.per_sample(y_np, out_np))), **{name: fn(y_np, out_np) * n for name, fn in metrics}}
-
-    x, y, n, B = data["x"], data["y"], len(data["x"]), plan["batch_size"]
-    steps = math.ceil(n / B)
-    t = spec.iterations
-    lr_of = spec._learning_rate
-    for e, epoch in enumerate(range(plan["initial_epoch"], plan["epochs"])):
-        order = data["order"][e] if "order" in data else np.arange(n)
-        net.train()
+    # ------------------------------------------------------------------------ training and evaluation
+    def train_epoch(self, e):
+        """Epoch ``e`` of the run (its order is row ``e`` of ``order.npy``); the epoch's logs."""
+        x, y, B, spec = self.data["x"], self.data["y"], self.plan["batch_size"], self.optimizer.spec
+        order = self.data["order"][e] if "order" in self.data else np.arange(len(x))
+        self.net.train()
         totals, count = {}, 0
-        for step in range(steps):
+        for step in range(math.ceil(len(x) / B)):
             batch = order[step * B : (step + 1) * B]
-            share = np.array_split(batch, world)[rank]
-            xb, yb = inputs(x[share], True), np.asarray(y[share])
-            z = ddp(xb)
-            value = sum_loss(z, tensor(yb)) * (world / len(batch))
-            reg = penalty(table)
-            optimizer.zero_grad(set_to_none=False)
-            (value + reg).backward()
-            lr = float(lr_of(t)) if callable(lr_of) else lr_of
-            optimizer.step(lr, t + 1)
-            t += 1
-            logs = reduce_logs(share_logs(yb, outputs_of(z)), len(batch), float(reg))
+            share = np.array_split(batch, self.world)[self.rank]
+            yb = np.asarray(y[share])
+            z = self.ddp(self.inputs(x[share], True))
+            reg = penalty(self.penalized)
+            self.optimizer.zero_grad(set_to_none=False)
+            (self.sum_loss(z, self.tensor(yb)) * (self.world / len(batch)) + reg).backward()
+            self.optimizer.step(spec.learning_rate, spec.iterations + 1)   # the rate (or schedule) at this step
+            spec.iterations += 1
+            logs = self.reduce(self.share_sums(yb, self.outputs(z)), len(batch), float(reg))
             count += len(batch)
             for k, v in logs.items():                      # running means over the epoch, weighted by batch size
                 totals[k] = totals.get(k, 0.0) + v * len(batch)
-            if rank == 0:
-                queue.put(("batch", step, {k: v / count for k, v in sorted(totals.items())}))
-        epoch_logs = {k: v / count for k, v in sorted(totals.items())}
-        if "x_val" in data:
-            epoch_logs.update({"val_" + k: v for k, v in _evaluate(train_net, data, B, world, rank, inputs, share_logs,
-                                                                   outputs_of, reduce_logs, float(penalty(table))).items()})
-        if rank == 0:
-            queue.put(("epoch", epoch, dict(sorted(epoch_logs.items()))))
+            if self.rank == 0:
+                self.queue.put(("batch", step, {k: v / count for k, v in sorted(totals.items())}))
+        return {k: v / count for k, v in sorted(totals.items())}
 
-    if rank == 0:
-        _write_result(plan, net, table, optimizer, t, inputs, outputs_of, data)
-        queue.put(("done", 0, None))
+    @torch.no_grad()
+    def evaluate(self):
+        """Validation logs in inference mode; each process takes its share of every batch."""
+        self.train_net.eval()
+        x, y, B = self.data["x_val"], self.data["y_val"], self.plan["batch_size"]
+        totals = {}
+        for start in range(0, len(x), B):
+            share = np.array_split(np.arange(start, min(start + B, len(x))), self.world)[self.rank]
+            yb = np.asarray(y[share])
+            out = self.outputs(self.train_net(self.inputs(x[share], False))) if len(share) else None
+            for k, v in self.share_sums(yb, out).items():
+                totals[k] = totals.get(k, 0.0) + v
+        self.train_net.train()
+        return self.reduce(totals, len(x), float(penalty(self.penalized)))
 
-
-@torch.no_grad()
-def _evaluate(net, data, B, world, rank, inputs, share_logs, outputs_of, reduce_logs, reg):
-    """Validation logs in inference mode; each process takes its share of every batch.
-
-    ``net`` is the network ``outputs_of`` expects (without the final activation when it is fused)."""
-    net.eval()
-    x, y = data["x_val"], data["y_val"]
-    totals = {}
-    for start in range(0, len(x), B):
-        share = np.array_split(np.arange(start, min(start + B, len(x))), world)[rank]
-        out = net(inputs(x[share], False)) if len(share) else None
-        piece = share_logs(np.asarray(y[share]), outputs_of(out) if out is not None else None)
-        for k, v in piece.items():
-            totals[k] = totals.get(k, 0.0) + v
-    net.train()
-    return reduce_logs(totals, len(x), reg)
-
-
-@torch.no_grad()
-def _write_result(plan, net, table, optimizer, t, inputs, outputs_of, data):
-    """Rank 0: the trained weights (``state_dict``), the optimizer's slots in minicnn's layout, and
-    PyTorch's predictions for the first ``plan['probe']`` validation (else training) samples."""
-    net.eval()
-    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-    slots = {}
-    for key, p, axes, _ in table:
-        for name, value in optimizer.state[p].items():
-            array = value.cpu().numpy()
-            slots[f"slot:{key}:{name}"] = array if axes is None else array.transpose(np.argsort(axes))
-    x = data.get("x_val", data["x"])
-    probe = net(inputs(x[: plan["probe"]], False)).cpu().numpy()
-    np.savez(os.path.join(plan["dir"], "result.npz"), **{"state:" + k: v for k, v in state.items()}, **slots,
-             iterations=np.array(t), predictions=probe)
+    @torch.no_grad()
+    def write_result(self):
+        """Rank 0: the trained weights (``state_dict``), the optimizer's step count and slots in minicnn's
+        layout, and PyTorch's outputs for the first ``plan['probe']`` validation (else training) samples."""
+        self.net.eval()
+        arrays = {"state:" + k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        for key, p, axes, _ in self.table:
+            for name, value in self.optimizer.state[p].items():
+                value = value.cpu().numpy()
+                arrays[f"slot:{key}:{name}"] = value if axes is None else value.transpose(np.argsort(axes))
+        x = self.data.get("x_val", self.data["x"])
+        arrays["predictions"] = self.net(self.inputs(x[: self.plan["probe"]], False)).cpu().numpy()
+        arrays["iterations"] = np.array(self.optimizer.spec.iterations)
+        np.savez(os.path.join(self.plan["dir"], "result.npz"), **arrays)
