@@ -82,8 +82,9 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
     -------
     History, as ``fit`` returns (also ``model.history``). ``history.engine`` adds ``nproc``, ``device``,
     ``seconds`` (the run, start-up included), ``train_seconds`` (from the end of the first step to the end
-    of training, validation included), ``samples_per_second`` (the samples of the steps in those seconds) and ``predictions``: rank 0's PyTorch outputs for the first
-    256 validation samples (training samples without validation data), to compare with ``model.predict``.
+    of training, validation included), ``samples_per_second`` (the samples of the steps in those seconds)
+    and ``predictions``: rank 0's PyTorch outputs for the first 256 validation samples (training samples
+    without validation data), to compare with ``model.predict``.
 
     Raises
     ------
@@ -121,7 +122,7 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
                     dtype=str(model.layers[0].dtype), backend=config.get_backend(), probe=PROBE,
                     seed=seed, port=_free_port())
         steps = math.ceil(len(x) / plan["batch_size"])
-        cbs = CallbackList(None, model=model, add_history=True, add_progbar=plan["verbose"] != 0,
+        cbs = CallbackList(None, model=None, add_history=True,   # model.history is set once all went well add_progbar=plan["verbose"] != 0,
                            verbose=plan["verbose"], epochs=epochs, steps=steps)
         start = time.perf_counter()
         train_seconds = _run(plan, cbs)
@@ -288,6 +289,9 @@ def _run(plan, cbs):
                 continue
             last_news = time.monotonic()
             if kind == "error":
+                # a process killed by a signal makes the others fail in their next collective: name the cause
+                time.sleep(0.5)
+                _check_processes(procs, plan, timeout, last_news, killed_only=True)
                 raise RuntimeError(f"fit_distributed: process {where} of {plan['world']} failed: {payload}")
             if kind == "batch":
                 first_step = first_step or time.perf_counter()
@@ -317,13 +321,16 @@ def _run(plan, cbs):
     return end - (first_step or end)
 
 
-def _check_processes(procs, plan, timeout, last_news):
-    """Raise if a process died (with its exit code or signal and its last words) or nothing came for too long."""
-    for rank, p in enumerate(procs.processes):
-        if p.exitcode not in (None, 0):
-            how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
-            raise RuntimeError(f"fit_distributed: process {rank} of {plan['world']} died ({how})"
-                               f"{_last_words(plan['dir'], rank)}. The run was stopped.")
+def _check_processes(procs, plan, timeout, last_news, killed_only=False):
+    """Raise if a process died (killed by a signal first: it is the cause when others failed after it),
+    naming its signal or exit code and its last words; or if nothing came for too long."""
+    codes = [p.exitcode for p in procs.processes]
+    dead = [r for r, c in enumerate(codes) if c is not None and c < 0] + \
+        ([] if killed_only else [r for r, c in enumerate(codes) if c is not None and c > 0])
+    if dead:
+        rank, code = dead[0], codes[dead[0]]
+        how = f"signal {-code}" if code < 0 else f"exit code {code}{_last_words(plan['dir'], rank)}"
+        raise RuntimeError(f"fit_distributed: process {rank} of {plan['world']} died ({how}). The run was stopped.")
     if time.monotonic() - last_news > timeout:
         raise TimeoutError(f"fit_distributed: no news from the {plan['world']} process(es) for {timeout:.0f} s; "
                            "stopped them. Raise `timeout` if a step or the start-up really takes that long.")

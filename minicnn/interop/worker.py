@@ -260,6 +260,9 @@ class Process:
         config.set_seed([plan["seed"], rank])              # augmentation layers made below draw from it
         torch.manual_seed(plan["seed"] + rank)             # Dropout masks
         torch.set_num_threads(plan["threads"])
+        # a kernel with one input channel gets its gradient with stride 1 on that size-1 axis, which DDP's
+        # literal stride comparison reports; the memory order is the same, nothing is copied or slowed
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.device = torch.device(f"cuda:{rank}" if cuda else "cpu")
         if cuda:
             torch.cuda.set_device(self.device)
@@ -293,8 +296,10 @@ class Process:
 
     # ------------------------------------------------------------------------ arrays in, arrays out
     def tensor(self, a):
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=self.dtype))
-        return (t.permute(0, 3, 1, 2) if t.dim() == 4 else t).to(self.device)   # NHWC -> NCHW
+        """A PyTorch copy of ``a`` on the device; images NHWC -> NCHW, in PyTorch's contiguous layout (a
+        permuted view would make the kernel gradients channels-last, unlike the parameters DDP bucketed)."""
+        t = torch.tensor(np.asarray(a), dtype=getattr(torch, self.dtype.name))
+        return (t.permute(0, 3, 1, 2).contiguous() if t.dim() == 4 else t).to(self.device)
 
     def inputs(self, xb, training):
         """The PyTorch network's input: ``xb`` through minicnn's leading (augmentation) layers."""
