@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import minicnn
+import minicnn.inspect
 from minicnn import cli, config
 from minicnn.datasets import fashion_mnist
 from minicnn.layers import (
@@ -117,7 +118,7 @@ def test_the_torch_engine_takes_the_steps_fit_takes(make_optimizer, nproc, batch
         np.testing.assert_allclose(wb, wa, rtol=0, atol=TIGHT)
 
 
-def test_two_processes_train_the_embedded_sample_as_one_does():
+def test_two_processes_train_the_embedded_sample_as_one_does(tmp_path):
     (x, y), (xt, yt) = fashion_mnist.load_data(sample=True)
     x, xt = x[..., None], xt[..., None]
 
@@ -142,6 +143,10 @@ def test_two_processes_train_the_embedded_sample_as_one_does():
                                [loss_two, acc_two], rtol=1e-4)
     # float32: the same tolerance as to_torch's predictions in test_interop
     np.testing.assert_allclose(history.engine["predictions"], two.predict(xt[:256], verbose=0), rtol=0, atol=1e-5)
+    # the returned model is a minicnn model like any other: it saves, loads and can be inspected
+    again = minicnn.models.load_model(two.save(tmp_path / "two.npz"))
+    np.testing.assert_array_equal(again.predict(xt[:32], verbose=0), two.predict(xt[:32], verbose=0))
+    assert minicnn.inspect.saliency(two, xt[0]).shape == xt[0].shape
 
 
 # ---------------------------------------------------------------------------------------- errors
