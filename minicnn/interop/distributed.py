@@ -69,9 +69,9 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
     nproc : int
         Number of processes.
     threads : int
-        PyTorch threads per process (``torch.set_num_threads``). 1, as ``torchrun`` sets by default: on a
-        busy machine more threads per process spin against each other (a step of the small CNN took
-        4x longer with 2 threads than with 1 on our shared 2-core machine); scale with ``nproc`` instead.
+        PyTorch threads per process (``torch.set_num_threads``); 1 by default, as ``torchrun`` sets, so that
+        ``nproc`` processes do not oversubscribe the cores (on our busy 2-core machine, a batch-32 step of the
+        small CNN took 4x longer with 2 threads than with 1; see ``benchmarks/RESULTS.md`` for batch 128).
     device : 'cpu' or 'cuda'
         'cuda' runs one process per GPU (``nproc`` at most ``torch.cuda.device_count()``), over NCCL.
     timeout : float
