@@ -9,6 +9,7 @@ returned model's; every error stops the run with one message and leaves the mode
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -263,6 +264,28 @@ def test_a_process_killed_while_training_stops_the_run_without_a_hang(tmp_path, 
     assert not multiprocessing.active_children()
 
 
+UNGUARDED = """
+import numpy as np
+from minicnn.interop import fit_distributed
+from minicnn.layers import Dense, Input
+from minicnn.models import Sequential
+
+model = Sequential([Input(shape=(3,)), Dense(20000), Dense(2)])   # 0.5 MB of weights: 8 pipes full
+model.compile(optimizer="sgd", loss="mse")
+fit_distributed(model, np.zeros((8, 3)), np.zeros((8, 2)), nproc=2, verbose=0)
+"""
+
+
+def test_a_script_without_a_main_guard_gets_told_instead_of_a_hang(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 1
+    assert "must guard its entry point with `if __name__ == \"__main__\":`" in done.stderr.splitlines()[-1]
+
+
 def test_silence_longer_than_the_timeout_stops_every_process():
     model = small_model("adam")
     before = snapshot(model)
@@ -293,11 +316,17 @@ def test_train_engine_torch_writes_the_same_outputs(tmp_path, capsys):
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     assert "PyTorch engine: 2 process(es) on cpu" in text
+    assert "Epoch 10/10\n7/7 " in text                    # rank 0's progress, printed by the command
     assert float(text.split("Test accuracy: ")[1].split()[0]) >= 0.9   # rows vs columns is easy
     for name in ("model.npz", "history.png", "confusion_matrix.png"):
         assert (out / name).stat().st_size > 1000
     model = minicnn.models.load_model(out / "model.npz")   # augmentation ran in minicnn, and is kept
     assert [type(layer).__name__ for layer in model.layers][:3] == ["Rescaling", "RandomFlip", "RandomTranslation"]
+
+
+def test_import_minicnn_interop_does_not_import_pytorch():
+    code = "import sys, minicnn.interop; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
 @pytest.mark.parametrize("argv, message", [

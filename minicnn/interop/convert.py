@@ -1,7 +1,8 @@
 """A path out: hand a trained minicnn model to PyTorch, and bring PyTorch stacks back.
 
 minicnn is for understanding; when a model outgrows one CPU (a GPU, many GPUs with
-``torch.nn.parallel.DistributedDataParallel``, mixed precision) carry on in PyTorch::
+``torch.nn.parallel.DistributedDataParallel``, mixed precision) carry on in PyTorch (or let
+``minicnn.interop.fit_distributed`` train it there and bring the weights back)::
 
     torch_model = minicnn.interop.to_torch(model)                  # an nn.Sequential, trained weights included
     probs = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2))   # PyTorch takes NCHW images

@@ -275,7 +275,13 @@ def _run(plan, cbs):
 
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
-    procs = mp.start_processes(run, args=(plan, messages), nprocs=plan["world"], join=False, start_method="spawn")
+    # The plan (weights, optimizer state) goes through a file, and only its path through the spawn pipe:
+    # a process that dies before reading the pipe (an unguarded script) would otherwise leave the parent
+    # blocked forever writing more than the pipe holds.
+    plan_path = os.path.join(plan["dir"], "plan.pickle")
+    with open(plan_path, "wb") as f:
+        pickle.dump(plan, f)
+    procs = mp.start_processes(run, args=(plan_path, messages), nprocs=plan["world"], join=False, start_method="spawn")
     timeout, first_step, done = plan["timeout"], None, False
     last_news = time.monotonic()
     cbs.on_train_begin()

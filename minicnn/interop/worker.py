@@ -18,6 +18,7 @@ The reported loss and metrics are minicnn's own functions on the outputs, summed
 
 import math
 import os
+import pickle
 import sys
 import traceback
 import warnings
@@ -220,15 +221,18 @@ def loss_terms(loss, fused):
 
 
 # ============================================================================ the process
-def run(rank, plan, queue):
-    """Entry point of process ``rank``: train, then (rank 0) write the result into ``plan['dir']``.
+def run(rank, plan_path, queue):
+    """Entry point of process ``rank``: train, then (rank 0) write the result next to ``plan_path``.
 
-    Any exception is sent to the parent as one line plus its traceback; the parent stops every process.
+    ``plan_path``: the pickled plan the parent wrote into its private run folder. Any exception is sent
+    to the parent as one line plus its traceback; the parent stops every process.
     """
-    log = open(os.path.join(plan["dir"], f"rank{rank}.log"), "w")
+    log = open(os.path.join(os.path.dirname(plan_path), f"rank{rank}.log"), "w")
     os.dup2(log.fileno(), 1)                               # C++ warnings of gloo/NCCL too: the parent keeps
     os.dup2(log.fileno(), 2)                               # the terminal for its one progress bar
     try:
+        with open(plan_path, "rb") as f:
+            plan = pickle.load(f)
         process = Process(rank, plan, queue)
         for e, epoch in enumerate(range(plan["initial_epoch"], plan["epochs"])):
             logs = process.train_epoch(e)
