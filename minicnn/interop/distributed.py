@@ -122,7 +122,8 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
                     dtype=str(model.layers[0].dtype), backend=config.get_backend(), probe=PROBE,
                     seed=seed, port=_free_port())
         steps = math.ceil(len(x) / plan["batch_size"])
-        cbs = CallbackList(None, model=None, add_history=True,   # model.history is set once all went well add_progbar=plan["verbose"] != 0,
+        # model=None: the History reaches model.history only once the whole run went well
+        cbs = CallbackList(None, model=None, add_history=True, add_progbar=plan["verbose"] != 0,
                            verbose=plan["verbose"], epochs=epochs, steps=steps)
         start = time.perf_counter()
         train_seconds = _run(plan, cbs)
