@@ -1,6 +1,6 @@
 """One process of ``fit_distributed``: minicnn's training loop, written with PyTorch tensors.
 
-Every process runs ``run(rank, plan, queue)``. Step ``s`` of an epoch takes global batch ``s`` of the
+Every process runs ``run(rank, plan_path, queue)``. Step ``s`` of an epoch takes global batch ``s`` of the
 epoch's order (drawn by the parent from minicnn's generator, exactly as ``model.fit`` draws it),
 splits it into ``world`` contiguous shares, and on its share computes::
 
@@ -14,6 +14,9 @@ of the weights.
 
 The reported loss and metrics are minicnn's own functions on the outputs, summed over the processes
 (``all_reduce``), so the progress bar and ``History`` show what ``model.fit`` would.
+
+A BatchNormalization layer sees only its process's share: with ``world > 1`` its batch statistics, and so
+the update, differ from ``model.fit``'s (Keras's default, ``synchronized=False``, does the same).
 """
 
 import math
