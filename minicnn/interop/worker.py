@@ -22,6 +22,7 @@ the update, differ from ``model.fit``'s (Keras's default, ``synchronized=False``
 import math
 import os
 import pickle
+import socket
 import sys
 import traceback
 import warnings
@@ -273,6 +274,10 @@ class Process:
         self.device = torch.device(f"cuda:{rank}" if cuda else "cpu")
         if cuda:
             torch.cuda.set_device(self.device)
+        else:                                              # gloo picks the interface the host name resolves to:
+            loopback = [name for _, name in socket.if_nameindex() if name.startswith("lo")]   # keep it on 127.0.0.1
+            if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
+                os.environ["GLOO_SOCKET_IFNAME"] = loopback[0]
         dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{plan['port']}",
                                 rank=rank, world_size=self.world, timeout=timedelta(seconds=plan["timeout"]))
 
