@@ -20,7 +20,7 @@ from PIL import Image
 
 import minicnn
 import minicnn.inspect
-from minicnn import cli, config
+from minicnn import cli, config, losses
 from minicnn.datasets import fashion_mnist
 from minicnn.layers import (
     AveragePooling2D,
@@ -117,6 +117,41 @@ def test_the_torch_engine_takes_the_steps_fit_takes(make_optimizer, nproc, batch
     b.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wb, wa, rtol=0, atol=TIGHT)
+
+
+@pytest.mark.parametrize("loss, targets", [
+    (losses.SparseCategoricalCrossentropy(), "labels"),
+    (losses.CategoricalCrossentropy(), "soft"),
+    (losses.CategoricalCrossentropy(from_logits=True), "soft"),
+    (losses.BinaryCrossentropy(), "binary"),
+    (losses.BinaryCrossentropy(from_logits=True), "binary"),
+    (losses.MeanSquaredError(), "soft"),
+])
+@pytest.mark.parametrize("fused", [False, True])
+def test_each_loss_has_minicnn_gradient_in_pytorch(loss, targets, fused):
+    """``worker.loss_terms`` / N differentiated by autograd = minicnn's ``gradient`` (or the fused
+    ``logits_gradient`` when the final softmax/sigmoid is folded into the loss), in float64."""
+    from minicnn.activations import sigmoid, softmax
+    from minicnn.interop.worker import loss_terms
+
+    if fused and loss.fuses_with is None:
+        pytest.skip("mean squared error has no fused form")
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((5, 4)) * 3
+    y = {"labels": rng.integers(0, 4, 5), "soft": rng.dirichlet(np.ones(4), 5),
+         "binary": rng.integers(0, 2, (5, 4)).astype(float)}[targets]
+    activation = softmax if loss.fuses_with == "softmax" else sigmoid
+    out = z
+    if not fused and not loss.from_logits and loss.fuses_with:   # probabilities, one of them clipped
+        out = activation(z)
+        out[0, 0] = 1e-9
+    t = torch.tensor(out, requires_grad=True)
+    value = loss_terms(loss, fused)(t, torch.tensor(y, dtype=torch.float64)) / len(z)
+    value.backward()
+    expected = loss.logits_gradient(y, activation(z)) if fused else loss.gradient(y, out)
+    np.testing.assert_allclose(t.grad.numpy(), expected, rtol=0, atol=TIGHT)
+    if not fused:          # and the value, where the loss is written on the same outputs
+        np.testing.assert_allclose(value.item(), loss(y, out), rtol=1e-12)
 
 
 def test_two_processes_train_the_embedded_sample_as_one_does(tmp_path):
