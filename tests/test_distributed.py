@@ -154,6 +154,33 @@ def test_each_loss_has_minicnn_gradient_in_pytorch(loss, targets, fused):
         np.testing.assert_allclose(value.item(), loss(y, out), rtol=1e-12)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: SGD(0.1), lambda: SGD(0.1, momentum=0.9), lambda: SGD(ExponentialDecay(0.1, 4, 0.5), momentum=0.5, nesterov=True),
+    lambda: RMSprop(0.01), lambda: RMSprop(0.01, rho=0.8, momentum=0.9, epsilon=1e-3, clipvalue=0.5),
+    lambda: Adam(0.01), lambda: Adam(0.01, beta_1=0.5, epsilon=1e-2, global_clipnorm=1.0), lambda: Adam(0.01, clipnorm=0.3),
+], ids=["sgd", "momentum", "nesterov-schedule", "rmsprop", "rmsprop-momentum-clip", "adam", "adam-global-clip",
+        "adam-clipnorm"])
+def test_keras_optimizer_follows_minicnn_for_twelve_steps(make):
+    """``worker.KerasOptimizer`` on tensors against ``minicnn.optimizers`` on arrays, the same gradients."""
+    from minicnn.interop.worker import KerasOptimizer
+
+    rng = np.random.default_rng(10)
+    minicnn.set_floatx("float64")
+    layer = Dense(3)
+    layer.build((None, 4))
+    w = torch.tensor(layer.params["kernel"].copy(), requires_grad=True)
+    b = torch.tensor(layer.params["bias"].copy(), requires_grad=True)
+    ours, theirs = make(), KerasOptimizer([w, b], make())
+    for _ in range(12):
+        layer.grads = {"kernel": rng.standard_normal((4, 3)), "bias": rng.standard_normal(3)}
+        w.grad, b.grad = torch.tensor(layer.grads["kernel"]), torch.tensor(layer.grads["bias"])
+        theirs.step(theirs.spec.learning_rate, theirs.spec.iterations + 1)
+        theirs.spec.iterations += 1
+        ours.apply_gradients([layer])
+    np.testing.assert_allclose(w.detach().numpy(), layer.params["kernel"], rtol=0, atol=TIGHT)
+    np.testing.assert_allclose(b.detach().numpy(), layer.params["bias"], rtol=0, atol=TIGHT)
+
+
 def test_two_processes_train_the_embedded_sample_as_one_does(tmp_path):
     (x, y), (xt, yt) = fashion_mnist.load_data(sample=True)
     x, xt = x[..., None], xt[..., None]
