@@ -67,6 +67,7 @@ def check_train(args):
         raise CLIError(f"--validation-split must be in [0, 1). Received: {args.validation_split}")
     if args.image_size is not None and min(args.image_size) < 1:
         raise CLIError(f"--image-size must be two positive integers. Received: {' '.join(map(str, args.image_size))}")
+    _check_engine(args)
     _check_dataset(args.dataset)
     if args.model not in zoo.MODELS:
         _check_file(args.model, f"--model is not one of {', '.join(sorted(zoo.MODELS))}, and the model file is")
@@ -177,7 +178,10 @@ def cmd_train(args):
     else:
         fit_kw.update(batch_size=args.batch_size, validation_split=args.validation_split)
     start = time.perf_counter()
-    history = model.fit(*fit_args, **fit_kw)
+    if args.engine == "torch":
+        history = _fit_torch(model, train, test, streaming, args)
+    else:
+        history = model.fit(*fit_args, **fit_kw)
     seconds = time.perf_counter() - start
     if not history.epoch:
         raise CLIError(f"no training batch could be read from {args.dataset} (every image failed to decode?); "
@@ -191,6 +195,51 @@ def cmd_train(args):
     _write_pictures(out, history, y_true, y_pred, class_names)
     print(f"Wrote {out}/model.npz, {out}/history.png, {out}/confusion_matrix.png")
     return 0
+
+
+def _check_engine(args):
+    """``--engine/--nproc/--device``, checked before any data is read."""
+    if args.nproc < 1:
+        raise CLIError(f"--nproc must be at least 1 (received {args.nproc})")
+    if args.engine == "minicnn":
+        if args.nproc != 1 or args.device != "cpu":
+            raise CLIError("--nproc and --device choose how PyTorch trains: add --engine torch")
+        return
+    try:
+        import torch
+    except ImportError:
+        raise CLIError("--engine torch needs PyTorch, which is not installed: "
+                       "pip install torch==2.13.0 (or pip install 'minicnn[torch]')") from None
+    if args.device == "cuda" and (not torch.cuda.is_available() or torch.cuda.device_count() < args.nproc):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise CLIError(f"--device cuda --nproc {args.nproc} needs {args.nproc} GPU(s); PyTorch sees {count}. "
+                       "Use --device cpu.")
+
+
+def _arrays(data):
+    """A streaming dataset (a folder of images) as ``(x, y)`` arrays: the processes read arrays."""
+    xs, ys = zip(*((np.asarray(xb), np.asarray(yb)) for xb, yb in data))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _fit_torch(model, train, test, streaming, args):
+    """``model.fit`` on PyTorch's DistributedDataParallel (``minicnn.interop.fit_distributed``)."""
+    from .interop import fit_distributed
+
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, verbose=1, nproc=args.nproc, device=args.device)
+    if streaming:
+        kw["validation_data"] = _arrays(test)
+        train = _arrays(train)
+    else:
+        kw["validation_split"] = args.validation_split
+    try:
+        history = fit_distributed(model, *train, **kw)
+    except TimeoutError as err:
+        raise CLIError(str(err)) from None
+    engine = history.engine
+    print(f"PyTorch engine: {engine['nproc']} process(es) on {engine['device']}, "
+          f"{engine['samples_per_second']:.0f} samples/s ({engine['seconds']:.0f}s with start-up)")
+    return history
 
 
 def _predict_all(model, data):
@@ -354,6 +403,11 @@ def build_parser():
                        help="seeds the weights, shuffling, dropout, augmentation and a folder's 80/20 split; "
                             "the same seed gives the same accuracy on the same machine (default: 0)")
     train.add_argument("--out", default="minicnn-run", help="output folder (default: ./minicnn-run)")
+    train.add_argument("--engine", choices=("minicnn", "torch"), default="minicnn",
+                       help="minicnn's own loop, or PyTorch's DistributedDataParallel (needs PyTorch; default: minicnn)")
+    train.add_argument("--nproc", type=int, default=1, help="--engine torch: processes sharing each batch (default: 1)")
+    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="--engine torch: cpu (gloo) or cuda (NCCL, one GPU per process) (default: cpu)")
     train.set_defaults(func=cmd_train, check=check_train)
 
     evaluate = sub.add_parser("evaluate", help="accuracy and per-class report of a saved model")

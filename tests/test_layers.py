@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import assert_sums_close, assert_within, conv_sums, float_sum_bound, unit_roundoff
-from helpers import spaced
+from helpers import assert_sums_close, assert_within, conv_sums, float_sum_bound, spaced, unit_roundoff
 
 import minicnn
 from minicnn import gradcheck

@@ -1,7 +1,8 @@
 """A path out: hand a trained minicnn model to PyTorch, and bring PyTorch stacks back.
 
 minicnn is for understanding; when a model outgrows one CPU (a GPU, many GPUs with
-``torch.nn.parallel.DistributedDataParallel``, mixed precision) carry on in PyTorch::
+``torch.nn.parallel.DistributedDataParallel``, mixed precision) carry on in PyTorch (or let
+``minicnn.interop.fit_distributed`` train it there and bring the weights back)::
 
     torch_model = minicnn.interop.to_torch(model)                  # an nn.Sequential, trained weights included
     probs = torch_model(torch.from_numpy(x).permute(0, 3, 1, 2))   # PyTorch takes NCHW images
@@ -48,9 +49,9 @@ import warnings
 
 import numpy as np
 
-from . import activations as activations_module
-from . import kernels
-from .layers import (
+from .. import activations as activations_module
+from .. import kernels
+from ..layers import (
     ELU,
     Activation,
     AveragePooling2D,
@@ -74,11 +75,11 @@ from .layers import (
     Resizing,
     ZeroPadding2D,
 )
-from .layers import ReLU as ReLULayer
-from .layers import Softmax as SoftmaxLayer
+from ..layers import ReLU as ReLULayer
+from ..layers import Softmax as SoftmaxLayer
 
 #: Training-time augmentation: the identity at inference, so ``to_torch`` leaves it out.
-_AUGMENTATION = (RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom)
+AUGMENTATION = (RandomContrast, RandomFlip, RandomRotation, RandomTranslation, RandomZoom)
 
 __all__ = ["to_torch", "from_torch", "ChannelsLastFlatten", "Rescale", "Standardize"]  # noqa: F822 (made on first use)
 
@@ -87,7 +88,7 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise ImportError("minicnn.interop needs PyTorch: pip install torch") from None
+        raise ImportError("minicnn.interop needs PyTorch: pip install torch==2.13.0 (or pip install 'minicnn[torch]')") from None
     return torch
 
 
@@ -330,7 +331,7 @@ def to_torch(model):
     dtype = torch.float64 if model.layers and model.layers[0].dtype == "float64" else torch.float32
     modules, skipped = [], []
     for layer in model.layers:
-        if isinstance(layer, _AUGMENTATION):
+        if isinstance(layer, AUGMENTATION):
             skipped.append(layer.name)
             continue
         modules += _export_layer(torch, layer, dtype)
@@ -612,7 +613,7 @@ def from_torch(module, input_shape, name=None):
     NotImplementedError
         Naming the first module (by its path in the container) minicnn cannot express.
     """
-    from .models import Sequential
+    from ..models import Sequential
 
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
