@@ -20,100 +20,24 @@ second call raises a RuntimeError instead. Use one model per thread (``load_mode
 
 import functools
 import math
-import shutil
-import textwrap
 import threading
 import warnings
 
 import numpy as np
 
-from . import activations, config, losses, optimizers, saving
+from . import activations, config, fit_metrics, gradcheck, losses, optimizers, saving
 from . import callbacks as callbacks_module
 from .data.stats import InputStats
+from .data_adapters import ArrayData, IterableData, finite_after_cast, is_dataset, shape_hint, target_shape_message
 from .layers import InputLayer, Layer
 from .layers import deserialize as deserialize_layer
 from .layers import serialize as serialize_layer
 from .layers.base import format_shape, unique_name
-from .metrics import METRICS
+from .summary import summary_text
 
 __all__ = ["Sequential", "load_model"]
 
 DEFAULT_BATCH_SIZE = 32
-
-
-# ============================================================================ running means
-class _RunningMeans:
-    """Means over the batches seen so far, each batch weighted by its size (as Keras's loss tracker)."""
-
-    def __init__(self):
-        self.totals, self.count = {}, 0
-
-    def add(self, values, n):
-        for name, value in values.items():
-            self.totals[name] = self.totals.get(name, 0.0) + float(value) * n
-        self.count += n
-
-    def logs(self):
-        return {name: total / self.count for name, total in sorted(self.totals.items())}
-
-
-# ============================================================================ data
-def _is_dataset(x):
-    """An iterable of batches (a minicnn dataset, a generator, ...) rather than an array."""
-    if isinstance(x, (np.ndarray, list, tuple, str, bytes, dict)) or np.isscalar(x):
-        return False
-    return hasattr(x, "__iter__") or hasattr(x, "__next__")
-
-
-class _ArrayData:
-    """Batches of in-memory arrays: ``ceil(n / batch_size)`` steps, the last one possibly partial.
-
-    ``shuffle`` is False or the generator that draws each epoch's order (the model's own).
-    """
-
-    def __init__(self, x, y, batch_size, shuffle):
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.steps = math.ceil(len(x) / batch_size)
-
-    def batches(self):
-        n = len(self.x)
-        order = self.shuffle.permutation(n) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                pick = slice(start, start + self.batch_size)
-            else:
-                pick = order[start : start + self.batch_size]
-            yield self.x[pick], (None if self.y is None else self.y[pick])
-
-
-class _IterableData:
-    """Batches from an iterable of ``(x, y)`` pairs (or of ``x`` alone for predict), checked one by one.
-
-    A re-iterable object (a list, a minicnn dataset) is iterated afresh every epoch; a one-shot
-    iterator (a generator) is read on from where the previous epoch stopped.
-    """
-
-    def __init__(self, source, check_batch, need_y):
-        self.source, self.check_batch, self.need_y = source, check_batch, need_y
-        self.reiterable = not hasattr(source, "__next__")
-        self._iterator = None if self.reiterable else iter(source)
-        try:
-            self.steps = len(source)
-        except TypeError:
-            self.steps = None
-
-    def batches(self):
-        for item in iter(self.source) if self.reiterable else self._iterator:
-            if isinstance(item, (tuple, list)) and len(item) == 2:
-                xb, yb = item[0], item[1]
-            elif self.need_y:
-                raise ValueError(
-                    "A dataset passed to fit/evaluate must yield (x_batch, y_batch) pairs. "
-                    f"Received an element of type {type(item).__name__}"
-                )
-            else:
-                xb, yb = item, None
-            yield self.check_batch(xb, yb if self.need_y else None)
 
 
 def _check_int(name, value, minimum):
@@ -128,35 +52,6 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ValueError(f"`verbose` must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}")
     return int(verbose)
-
-
-def _count_bad(a):
-    """Counts of NaN and of +-inf entries (0, 0 for integer arrays)."""
-    if a.dtype.kind != "f":
-        return 0, 0
-    finite = np.isfinite(a)
-    if finite.all():
-        return 0, 0
-    nan = int(np.isnan(a).sum())
-    return nan, int(a.size - finite.sum()) - nan
-
-
-def _finite_after_cast(a, dtype, name, hint=""):
-    """``a`` cast to ``dtype``, or a ValueError counting the NaN/inf entries *after* the cast.
-
-    The check runs on the cast array: 1e39 is finite in float64 but ``inf`` in float32.
-    """
-    with np.errstate(over="ignore"):   # an overflow is reported below, by count
-        cast = a.astype(dtype, copy=False)
-    nan, inf = _count_bad(cast)
-    if nan or inf:
-        overflow = _count_bad(a) != (nan, inf)
-        raise ValueError(
-            f"`{name}` contains {nan} NaN and {inf} infinite value(s) out of {a.size}"
-            + (f" after conversion to {np.dtype(dtype).name} (values beyond +-{np.finfo(dtype).max:.3g} overflow)"
-               if overflow else "") + "." + hint
-        )
-    return cast
 
 
 _owners_lock = threading.Lock()
@@ -256,7 +151,7 @@ class Sequential:
                 )
             self._check_name(layer)
             self._input_layer = layer
-            self.build((None, *layer._input_shape_arg))
+            self.build((None, *layer.declared_input_shape))
             return
         if not isinstance(layer, Layer):
             raise ValueError(
@@ -265,8 +160,8 @@ class Sequential:
             )
         self._check_name(layer)
         input_shape = self._build_input_shape
-        if not self._layers and self._input_layer is None and layer._input_shape_arg is not None:
-            input_shape = (None, *layer._input_shape_arg)   # the blog's Conv2D(..., input_shape=(224, 224, 3))
+        if not self._layers and self._input_layer is None and layer.declared_input_shape is not None:
+            input_shape = (None, *layer.declared_input_shape)   # the blog's Conv2D(..., input_shape=(224, 224, 3))
         if input_shape is not None:
             shape = self._shapes(input_shape)[-1]
             self._check_or_build([layer], [shape], build=True)
@@ -416,21 +311,29 @@ class Sequential:
         """
         optimizer = optimizers.get(optimizer)
         loss = None if loss is None else losses.get(loss)
-        if isinstance(metrics, str) or callable(metrics):
-            metrics = [metrics]
-        resolved = []
-        for metric in metrics or []:
-            if isinstance(metric, str) and metric.lower() in METRICS:
-                resolved.append((metric, METRICS[metric.lower()]))
-            elif callable(metric) and not isinstance(metric, str):
-                resolved.append((getattr(metric, "__name__", type(metric).__name__), metric))
-            else:
-                raise ValueError(
-                    f"Unknown metric. Expected one of {sorted(METRICS)} or a function (y_true, y_pred) -> float. "
-                    f"Received: metrics={metrics!r}"
-                )
+        resolved = fit_metrics.resolve(metrics)
         self.optimizer, self.loss, self._metrics = optimizer, loss, resolved
         self.compiled = True
+
+    def get_compile_config(self):
+        """The arguments of ``compile`` as JSON-able data (what ``save`` stores), or None before ``compile``.
+
+        ``{"optimizer": {...}, "loss": {...} or None, "metrics": ["accuracy", ...]}``, as Keras's
+        ``get_compile_config``. A loss or metric that is a function of your own cannot be stored:
+        it is left out, with a warning.
+        """
+        if not self.compiled or self.optimizer is None:
+            return None
+        loss = None
+        if self.loss is not None:
+            loss = losses.serialize(self.loss)
+            try:
+                losses.deserialize(loss)
+            except ValueError:
+                warnings.warn(f"The loss {self.loss!r} cannot be saved; the loaded model will have no loss.", stacklevel=4)
+                loss = None
+        metrics = fit_metrics.stored_names(self._metrics, stacklevel=4)
+        return {"optimizer": optimizers.serialize(self.optimizer), "loss": loss, "metrics": metrics}
 
     @property
     def metrics_names(self):
@@ -505,7 +408,7 @@ class Sequential:
         return self.loss(y, y_pred) + self._penalty(), y_pred
 
     def _batch_logs(self, loss, y, y_pred):
-        return {"loss": loss, **{name: fn(y, y_pred) for name, fn in self._metrics}}
+        return fit_metrics.batch_logs(loss, self._metrics, y, y_pred)
 
     @_one_thread
     def compute_loss(self, x, y, training=False):
@@ -530,8 +433,6 @@ class Sequential:
     def check_gradients(self, x, y, **kwargs):
         """Compare every parameter's backprop gradient with finite differences, in float64 on a copy of
         the model, kinks recognised (``minicnn.gradcheck.check_model``); the model is left as it was."""
-        from . import gradcheck
-
         return gradcheck.check_model(self, x, y, **kwargs)
 
     # ------------------------------------------------------------------------ input checks
@@ -563,11 +464,11 @@ class Sequential:
         )):
             raise ValueError(
                 f"Input of Sequential model '{self.name}' is incompatible with the model: "
-                f"expected shape={format_shape(expected)}, found shape={tuple(x.shape)}.{_shape_hint(x.shape, expected)}"
+                f"expected shape={format_shape(expected)}, found shape={tuple(x.shape)}.{shape_hint(x.shape, expected)}"
             )
         if expected is None:
             self._shapes((None, *x.shape[1:]))   # raises if the layers cannot take this shape
-        return _finite_after_cast(x, self._dtype(), name, " Clean or impute them before training (e.g. np.nan_to_num).")
+        return finite_after_cast(x, self._dtype(), name, " Clean or impute them before training (e.g. np.nan_to_num).")
 
     def _check_y(self, y, n, output_shape, name="y"):
         """``y`` in the form the loss expects, after checking type, length, shape and values."""
@@ -587,14 +488,14 @@ class Sequential:
             )
         out = (n, *output_shape[1:])
         if isinstance(self.loss, losses.SparseCategoricalCrossentropy):
-            _finite_after_cast(y, y.dtype, name)
+            finite_after_cast(y, y.dtype, name)
             self.loss.check_targets(y, out)
             return y
         if y.shape == out[:-1] and out[-1] == 1:
             y = y.reshape(out)   # labels (N,) for a single output unit (N, 1), as Keras allows
         if y.shape != out:
-            raise ValueError(_target_shape_message(self.loss, y, out, name))
-        y = _finite_after_cast(y, self._dtype(), name)
+            raise ValueError(target_shape_message(self.loss, y, out, name))
+        y = finite_after_cast(y, self._dtype(), name)
         self.loss.check_targets(y, out)
         return y
 
@@ -617,15 +518,15 @@ class Sequential:
 
     def _data(self, x, y, batch_size, shuffle, need_y, purpose, expected=None):
         """Wrap arrays or an iterable in an object whose ``batches()`` yields checked batches."""
-        if _is_dataset(x):
+        if is_dataset(x):
             if y is not None:
                 raise ValueError(f"`y` must not be given when `x` is a dataset ({purpose}): it yields (x, y) pairs.")
-            return _IterableData(x, self._checked_batch(need_y), need_y)
+            return IterableData(x, self._checked_batch(need_y), need_y)
         if x is None:
             raise ValueError(f"`{purpose}` needs input data `x`.")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _check_int("batch_size", batch_size, 1)
         x, y = self._check_arrays(x, y, need_y, expected)
-        return _ArrayData(x, y, batch_size, shuffle)
+        return ArrayData(x, y, batch_size, shuffle)
 
     # ------------------------------------------------------------------------ training
     @_one_thread
@@ -667,12 +568,12 @@ class Sequential:
         ):
             raise ValueError(f"`validation_split` must be a number in [0, 1). Received: {validation_split!r}")
         train = self._data(x, y, batch_size, bool(shuffle), True, "fit")
-        expected = (None, *train.x.shape[1:]) if isinstance(train, _ArrayData) else None
+        expected = (None, *train.x.shape[1:]) if isinstance(train, ArrayData) else None
         val = None
         if validation_data is not None:
             val = self._validation_data(validation_data, batch_size, expected)
         elif validation_split:
-            if not isinstance(train, _ArrayData):
+            if not isinstance(train, ArrayData):
                 raise ValueError("`validation_split` is only supported for arrays; pass `validation_data` instead.")
             split_at = int(math.floor(len(train.x) * (1 - validation_split)))
             if split_at == 0 or split_at == len(train.x):
@@ -680,11 +581,11 @@ class Sequential:
                     f"`validation_split={validation_split}` leaves {split_at} of {len(train.x)} samples for "
                     "training and the rest for validation; one side would be empty."
                 )
-            val = _ArrayData(train.x[split_at:], train.y[split_at:], train.batch_size, False)
-            train = _ArrayData(train.x[:split_at], train.y[:split_at], train.batch_size, train.shuffle)
-        if isinstance(train, _ArrayData) and not self.built:
+            val = ArrayData(train.x[split_at:], train.y[split_at:], train.batch_size, False)
+            train = ArrayData(train.x[:split_at], train.y[:split_at], train.batch_size, train.shuffle)
+        if isinstance(train, ArrayData) and not self.built:
             self.build(train.x.shape)   # every check passed: now weights may be created
-        if isinstance(train, _ArrayData) and train.shuffle:
+        if isinstance(train, ArrayData) and train.shuffle:
             train.shuffle = self._shuffle_generator()
 
         cbs = callbacks_module.CallbackList(callbacks, model=self, add_history=True, add_progbar=verbose != 0,
@@ -712,18 +613,29 @@ class Sequential:
         self.history = cbs.history
         return cbs.history
 
-    def _shuffle_generator(self):
-        """The model's own generator of epoch orders, seeded once from ``config.rng()``.
+    @property
+    def shuffle_rng(self):
+        """The model's own generator of epoch orders: None until the first shuffling ``fit`` seeds it
+        from ``config.rng()``.
 
-        It is saved with the model, so training resumed from a file (even in a new process)
-        shuffles exactly as the interrupted run would have.
+        ``save`` stores its state, so training resumed from a file (even in a new process) shuffles
+        exactly as the interrupted run would have.
         """
+        return self._shuffle_rng
+
+    @shuffle_rng.setter
+    def shuffle_rng(self, rng):
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"`shuffle_rng` must be a numpy.random.Generator or None. Received: {type(rng).__name__}")
+        self._shuffle_rng = rng
+
+    def _shuffle_generator(self):
         if self._shuffle_rng is None:
             self._shuffle_rng = np.random.default_rng(config.rng().integers(2**63))
         return self._shuffle_rng
 
     def _validation_data(self, data, batch_size, expected):
-        if _is_dataset(data):
+        if is_dataset(data):
             return self._data(data, None, batch_size, False, True, "validation_data")
         if not isinstance(data, (tuple, list)) or len(data) != 2:
             raise ValueError(
@@ -741,7 +653,7 @@ class Sequential:
 
         ``stats``, an ``InputStats``, also counts every batch's images.
         """
-        means = _RunningMeans()
+        means = fit_metrics.RunningMeans()
         for step, (xb, yb) in enumerate(data.batches()):
             if stats is not None:
                 stats.add(xb)
@@ -754,7 +666,7 @@ class Sequential:
         return means.logs() if means.count else None
 
     def _evaluate_batches(self, data, cbs):
-        means = _RunningMeans()
+        means = fit_metrics.RunningMeans()
         cbs.on_test_begin()
         for step, (xb, yb) in enumerate(data.batches()):
             cbs.on_test_batch_begin(step)
@@ -773,7 +685,7 @@ class Sequential:
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose)
         data = self._data(x, y, batch_size, False, True, "evaluate")
-        if isinstance(data, _ArrayData) and not self.built:
+        if isinstance(data, ArrayData) and not self.built:
             self.build(data.x.shape)
         cbs = callbacks_module.CallbackList(callbacks, model=self, add_progbar=verbose != 0, verbose=verbose,
                                             steps=data.steps)
@@ -794,7 +706,7 @@ class Sequential:
         if not self._layers:
             raise RuntimeError(f"Model '{self.name}' has no layers: `add` some before calling `predict()`.")
         data = self._data(x, None, batch_size, False, False, "predict")
-        if isinstance(data, _ArrayData) and not self.built:
+        if isinstance(data, ArrayData) and not self.built:
             self.build(data.x.shape)
         cbs = callbacks_module.CallbackList(callbacks, model=self, add_progbar=verbose != 0, verbose=verbose,
                                             steps=data.steps)
@@ -864,7 +776,7 @@ class Sequential:
         ``print_fn`` (default ``print``) receives the whole text; ``line_length`` defaults to 88
         characters, or the terminal width minus 4 if that is smaller.
         """
-        (print_fn or print)(_summary_text(self, line_length, positions))
+        (print_fn or print)(summary_text(self, line_length, positions))
 
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={len(self._layers)} built={self.built}>"
@@ -880,119 +792,6 @@ def load_model(filepath, compile=True):
     Raises FileNotFoundError if there is no such file and ValueError (naming the file) if it is
     not a complete, consistent minicnn model file. Nothing in the file is ever imported or executed.
     """
-    return saving.load_model(filepath, compile=compile)
+    return saving.load_model(filepath, Sequential.from_config, compile=compile)
 
 
-# ============================================================================ messages
-def _shape_hint(got, expected):
-    got, exp = tuple(got), tuple(expected)
-    if len(got) == len(exp) - 1 and exp[-1] == 1 and all(e is None or e == g for e, g in zip(exp[1:-1], got[1:])):
-        return (" The images have no channel axis: add one with x = x[..., None] "
-                "(or np.expand_dims(x, -1)) to get shape (N, H, W, 1).")
-    if len(got) == len(exp) == 4 and got[1] == exp[3] and got[2:] == exp[1:3]:
-        return (" This looks like channels-first data (N, C, H, W); minicnn is channels-last (N, H, W, C), "
-                "as Keras: use x = np.transpose(x, (0, 2, 3, 1)).")
-    if got == exp[1:]:
-        return " This looks like a single sample: add the batch axis with x[None] (or np.expand_dims(x, 0))."
-    return ""
-
-
-def _target_shape_message(loss, y, out, name):
-    msg = (f"{type(loss).__name__}: `{name}` must have shape {format_shape((None, *out[1:]))} to match the "
-           f"model's outputs. Received: {name}.shape={tuple(y.shape)}.")
-    integer_like = y.dtype.kind in "biu" or (y.size and np.all(y == np.round(y)))
-    if isinstance(loss, losses.CategoricalCrossentropy) and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)) \
-            and integer_like:
-        msg += (" These look like integer class labels: use loss='sparse_categorical_crossentropy', "
-                f"or one-hot encode them with minicnn.utils.to_categorical({name}, {out[-1]}).")
-    elif y.ndim == len(out) and y.shape[:-1] == out[:-1]:
-        msg += (f" The targets have {y.shape[-1]} columns (one-hot width) but the last layer has {out[-1]} units: "
-                "make them equal (e.g. Dense(num_classes)).")
-    return msg
-
-
-# ============================================================================ summary table
-def _readable_size(num_bytes):
-    """``2.65 MB``: 1024 steps, two decimals (Keras's ``readable_memory_size``)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if num_bytes / 1024 < 1:
-            return f"{num_bytes:.2f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:.2f} PB"
-
-
-def _shrink(widths, excess):
-    """Take ``excess`` characters off the columns evenly, as rich's ``ratio_reduce`` (Keras renders with rich)."""
-    out, remaining, parts = [], excess, len(widths)
-    for w in widths:
-        cut = min(w, round(remaining / parts))
-        out.append(w - cut)
-        remaining -= cut
-        parts -= 1
-    return out
-
-
-def _summary_text(model, line_length=None, positions=None):
-    if line_length is None:
-        line_length = min(88, shutil.get_terminal_size().columns - 4)
-    positions = positions or [0.45, 0.80, 1.0]
-    bounds = [int(p * line_length) for p in positions]
-    widths = [b - a for a, b in zip([0] + bounds[:-1], bounds)]
-    # Each cell has one space of padding on both sides and the table has len + 1 borders;
-    # the columns give up the excess so the table is exactly line_length wide.
-    inner = _shrink([w + 2 for w in widths], sum(widths) + 2 * len(widths) - (line_length - len(widths) - 1))
-    widths = [max(w - 2, 1) for w in inner]
-
-    rows = []
-    for layer in model.layers:
-        if layer.built and layer.output_shape is not None:
-            shape = "(" + ", ".join("None" if d is None else str(d) for d in layer.output_shape) + ")"
-            params = f"{layer.count_params():,}"
-        else:
-            shape, params = "?", "0 (unbuilt)"
-        rows.append([f"{layer.name} ({type(layer).__name__})", shape, params])
-
-    def line(left, mid, right, fill):
-        return left + mid.join(fill * (w + 2) for w in widths) + right
-
-    def cells(texts, bar):
-        wrapped = [textwrap.wrap(t, w, break_long_words=True, break_on_hyphens=False) or [""]
-                   for t, w in zip(texts, widths)]
-        out = []
-        for i in range(max(len(c) for c in wrapped)):
-            parts = []
-            for col, (c, w) in enumerate(zip(wrapped, widths)):
-                text = c[i] if i < len(c) else ""
-                parts.append(" " + (text.rjust(w) if col == 2 else text.ljust(w)) + " ")
-            out.append(bar + bar.join(parts) + bar)
-        return out
-
-    lines = [f'Model: "{model.name}"', line("┏", "┳", "┓", "━")]
-    lines += cells(["Layer (type)", "Output Shape", "Param #"], "┃")
-    lines.append(line("┡", "╇", "┩", "━"))
-    for i, row in enumerate(rows):
-        if i:
-            lines.append(line("├", "┼", "┤", "─"))
-        lines += cells(row, "│")
-    lines.append(line("└", "┴", "┘", "─"))
-
-    def size(arrays):
-        return sum(a.size for a in arrays), sum(a.nbytes for a in arrays)
-
-    trainable, trainable_bytes = size(model.trainable_weights)
-    frozen, frozen_bytes = size(model.non_trainable_weights)
-    opt_count = opt_bytes = 0
-    opt = model.optimizer
-    if opt is not None and opt.built:
-        slots = [a for s in opt.slots.values() for a in s.values()]
-        # Keras also counts the step counter (int64) and the learning rate (float32) as variables.
-        has_lr_variable = not callable(opt._learning_rate)
-        opt_count = sum(a.size for a in slots) + 1 + has_lr_variable
-        opt_bytes = sum(a.nbytes for a in slots) + 8 + 4 * has_lr_variable
-    lines.append(f" Total params: {trainable + frozen + opt_count:,} "
-                 f"({_readable_size(trainable_bytes + frozen_bytes + opt_bytes)})")
-    lines.append(f" Trainable params: {trainable:,} ({_readable_size(trainable_bytes)})")
-    lines.append(f" Non-trainable params: {frozen:,} ({_readable_size(frozen_bytes)})")
-    if opt is not None and opt.built:
-        lines.append(f" Optimizer params: {opt_count:,} ({_readable_size(opt_bytes)})")
-    return "\n".join(lines)
