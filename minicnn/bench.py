@@ -20,6 +20,8 @@ How it measures, and why
 - Peak memory is a worker's peak resident size (``VmHWM``; ``ru_maxrss`` where there is no
   ``/proc``), and each training case has a worker of its own.
 - Inputs are random numbers of the right shape, the same for both libraries (same seed).
+- The steady-state, startup and accuracy runs each need a fresh process of their own: they are
+  ``minicnn.bench_runs``, started by ``run_steady``, ``run_startup`` and ``run_accuracy``.
 """
 
 import argparse

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from . import activations, fit_metrics, gradcheck, losses, optimizers, saving
+from . import activations, config, fit_metrics, gradcheck, losses, optimizers, saving
 from .layers import InputLayer, Layer
 from .layers import deserialize as deserialize_layer
 from .layers import serialize as serialize_layer
@@ -292,6 +292,13 @@ class Sequential(Trainer):
             raise RuntimeError(f"`{method}()` needs a loss: call `compile(loss=...)` first.")
         if not self._layers:
             raise RuntimeError(f"Model '{self.name}' has no layers: `add` some before calling `{method}()`.")
+
+    def _dtype(self):
+        """The dtype inputs are cast to: the first layer's."""
+        first = self._layers[0] if self._layers else None
+        if first is None:
+            return np.dtype(config.get_floatx())
+        return np.dtype(first.dtype if first.built else (first._dtype_arg or config.get_floatx()))
 
     # ------------------------------------------------------------------------ forward, loss, backward
     @one_thread

@@ -10,8 +10,9 @@ with callbacks called at fixed points (``minicnn.callbacks``), then runs the val
 inference mode. Everything a user passes in is checked before any weight or optimizer state
 changes, with errors that say what was expected and what was received.
 
-The model provides what the loop calls: ``build``, ``_shapes``, ``_forward``, ``train_step``,
-``test_step``, ``_batch_logs``, ``_check_compiled``, ``loss``, ``optimizer`` and ``_layers``.
+The model provides the methods the loop calls (``build``, ``_shapes``, ``_dtype``, ``_forward``,
+``train_step``, ``test_step``, ``_batch_logs``, ``_check_compiled``) and the state it reads and
+sets (``loss``, ``_metrics``, ``_layers``, ``built``, ``stop_training``, ``history``, ``input_stats``).
 
 Threads: a model is used by one thread at a time. Its layers keep the last batch's arrays for
 backward, so ``fit`` in one thread and ``predict`` in another would read each other's caches; the
@@ -84,12 +85,6 @@ class Trainer:
     """``fit``, ``evaluate``, ``predict`` and the checks of their data, for a model that inherits them."""
 
     # ------------------------------------------------------------------------ input checks
-    def _dtype(self):
-        first = self._layers[0] if self._layers else None
-        if first is None:
-            return np.dtype(config.get_floatx())
-        return np.dtype(first.dtype if first.built else (first._dtype_arg or config.get_floatx()))
-
     def _check_x(self, x, name="x", expected=None):
         """``x`` as a float array of the model's dtype, after checking type, shape and values.
 
