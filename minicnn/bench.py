@@ -20,6 +20,8 @@ How it measures, and why
 - Peak memory is a worker's peak resident size (``VmHWM``; ``ru_maxrss`` where there is no
   ``/proc``), and each training case has a worker of its own.
 - Inputs are random numbers of the right shape, the same for both libraries (same seed).
+- The steady-state, startup and accuracy runs each need a fresh process of their own: they are
+  ``minicnn.bench_runs``, started by ``run_steady``, ``run_startup`` and ``run_accuracy``.
 """
 
 import argparse
@@ -505,39 +507,6 @@ def run_training(configs, rounds=5, reps=None, glibc=False, log=print):
     return out
 
 
-_STEADY_SCRIPT = r"""
-import json, sys, time
-import numpy as np
-lib, bs, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-from minicnn.bench import THREADS, build_minicnn, build_torch, load_fashion_mnist
-(x, y), _ = load_fashion_mnist()
-x = (x[..., None] / np.float32(255)).astype(np.float32); y = y.astype(np.int64)
-rng = np.random.default_rng(1)
-batches = [rng.integers(0, len(x), bs) for _ in range(steps + 10)]
-if lib == "minicnn":
-    net = build_minicnn("small")
-    def step(idx):
-        net.train_on_batch(x[idx], y[idx])
-else:
-    import torch
-    torch.set_num_threads(THREADS)
-    X, Y = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
-    net = build_torch(torch, "small")
-    opt, loss_fn = torch.optim.Adam(net.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss()
-    def step(idx):
-        idx = torch.from_numpy(idx)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(net(X[idx]), Y[idx]).backward()
-        opt.step()
-for idx in batches[:10]:
-    step(idx)
-times = []
-for idx in batches[10:]:
-    t0 = time.perf_counter(); step(idx); times.append(time.perf_counter() - t0)
-print(json.dumps(times))
-"""
-
-
 def run_steady(configs=((32, 400), (128, 150)), repeats=3, log=print):
     """The small CNN's training step in steady state: each library alone in a fresh process,
     ``steps`` steps in a row on random Fashion-MNIST minibatches; the libraries take turns
@@ -552,8 +521,8 @@ def run_steady(configs=((32, 400), (128, 150)), repeats=3, log=print):
         times = {lib: [] for lib in libs}
         for _ in range(repeats):
             for lib in libs:
-                proc = subprocess.run([sys.executable, "-c", _STEADY_SCRIPT, lib, str(bs), str(steps)], capture_output=True,
-                                      text=True, env=_thread_env(), check=True)
+                proc = subprocess.run([sys.executable, "-m", "minicnn.bench_runs", "steady", lib, str(bs), str(steps)],
+                                      capture_output=True, text=True, env=_thread_env(), check=True)
                 times[lib] += json.loads(proc.stdout.strip().splitlines()[-1])
         row = {"batch": bs, "steps": steps * repeats, "loadavg_1min": _loadavg()}
         for lib in libs:
@@ -567,29 +536,9 @@ def run_steady(configs=((32, 400), (128, 150)), repeats=3, log=print):
     return out
 
 
-_STARTUP_SCRIPT = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import minicnn
-t_import = time.perf_counter() - t0
-import numpy as np
-from minicnn.bench import build_minicnn
-rng = np.random.default_rng(0)
-x = rng.random((32, 28, 28, 1), dtype=np.float32); y = rng.integers(0, 10, 32)
-t1 = time.perf_counter()
-net = build_minicnn("small")
-net.train_on_batch(x, y)
-t_step = time.perf_counter() - t1
-t2 = time.perf_counter()
-from minicnn.bench import build_minicnn
-net = build_minicnn("small")
-xs = rng.random((512, 28, 28, 1), dtype=np.float32); ys = rng.integers(0, 10, 512)
-net.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-net.fit(xs, ys, batch_size=128, epochs=1, validation_split=0.25, verbose=0)
-net.evaluate(xs, ys, verbose=0); net.predict(xs[:10], verbose=0)
-t_fit = time.perf_counter() - t2
-print(json.dumps(dict(import_s=t_import, first_step_s=t_step, fit_after_s=t_fit, total_s=time.perf_counter() - t0)))
-"""
+#: The startup run (``minicnn.bench_runs.startup``): ``-c`` so that the clock starts before ``import minicnn``.
+STARTUP_COMMAND = ("import time; t0 = time.perf_counter(); import minicnn; t1 = time.perf_counter(); "
+                   "from minicnn.bench_runs import print_json, startup; print_json(startup(t0, t1))")
 
 
 def run_startup(log=print):
@@ -604,7 +553,7 @@ def run_startup(log=print):
     try:
         for label in ("cold", "warm"):
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT], capture_output=True, text=True,
+            proc = subprocess.run([sys.executable, "-c", STARTUP_COMMAND], capture_output=True, text=True,
                                   env=_thread_env({"NUMBA_CACHE_DIR": cache}), check=True)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             result["process_s"] = time.perf_counter() - t0
@@ -617,60 +566,6 @@ def run_startup(log=print):
 
 
 # ----------------------------------------------------------------------------------- accuracy run
-_ACCURACY_SCRIPT = r"""
-import json, sys, time
-import numpy as np
-lib, epochs, init_path, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-from minicnn.bench import load_fashion_mnist, build_minicnn, build_torch
-(x, y), (xt, yt) = load_fashion_mnist()
-x = (x[..., None] / np.float32(255)).astype(np.float32); xt = (xt[..., None] / np.float32(255)).astype(np.float32)
-y = y.astype(np.int64); yt = yt.astype(np.int64)
-epoch_times = []
-if lib == "minicnn":
-    import minicnn
-    from minicnn.callbacks import Callback
-    from minicnn.optimizers import Adam
-    minicnn.utils.set_random_seed(seed)
-    net = build_minicnn("small", Adam(1e-3))
-    net.compile(optimizer=Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    np.savez(init_path, *net.get_weights())
-    minicnn.utils.set_random_seed(seed + 1)   # fit's shuffling: the torch run replays these permutations
-    class Timer(Callback):
-        def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
-        def on_epoch_end(self, epoch, logs=None): epoch_times.append(time.perf_counter() - self.t)
-    net.fit(x, y, batch_size=128, epochs=epochs, verbose=0, callbacks=[Timer()])
-    loss, acc = net.evaluate(xt, yt, batch_size=1000, verbose=0)
-else:
-    import torch
-    torch.set_num_threads(int(sys.argv[5]))
-    net = build_torch(torch, "small", nhwc_flatten=True)
-    w = np.load(init_path); w = [w[f"arr_{i}"] for i in range(len(w.files))]
-    params = [net[0].weight, net[0].bias, net[3].weight, net[3].bias, net[8].weight, net[8].bias, net[10].weight, net[10].bias]
-    with torch.no_grad():
-        for p, a in zip(params, w):
-            a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
-            p.copy_(torch.from_numpy(np.ascontiguousarray(a)))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    X, Y = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
-    rng = np.random.default_rng(seed + 1)
-    for epoch in range(epochs):
-        t = time.perf_counter()
-        order = torch.from_numpy(rng.permutation(len(X)))
-        for s in range(0, len(X), 128):
-            idx = order[s:s + 128]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(net(X[idx]), Y[idx]).backward()
-            opt.step()
-        epoch_times.append(time.perf_counter() - t)
-    net.eval()
-    with torch.inference_mode():
-        pred = net(torch.from_numpy(np.ascontiguousarray(xt.transpose(0, 3, 1, 2)))).argmax(1).numpy()
-    acc = float(np.mean(pred == yt))
-print(json.dumps(dict(test_accuracy=float(acc), epoch_s=epoch_times)))
-"""
-
-
 def load_fashion_mnist():
     """``(x, y), (x_test, y_test)`` uint8 Fashion-MNIST, via minicnn.datasets or the raw IDX files."""
     try:
@@ -705,8 +600,8 @@ def run_accuracy(epochs=5, seed=0, log=print):
         init = os.path.join(tmp, "init.npz")
         for lib in libs:
             log(f"  {lib}: {epochs} epochs of Fashion-MNIST ...")
-            proc = subprocess.run([sys.executable, "-c", _ACCURACY_SCRIPT, lib, str(epochs), init, str(seed), str(THREADS)],
-                                  capture_output=True, text=True, env=_thread_env(), check=False)
+            proc = subprocess.run([sys.executable, "-m", "minicnn.bench_runs", "accuracy", lib, str(epochs), init, str(seed),
+                                   str(THREADS)], capture_output=True, text=True, env=_thread_env(), check=False)
             if proc.returncode:
                 raise RuntimeError(f"accuracy run of {lib} failed:\n{proc.stderr[-2000:]}")
             out[lib] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -44,10 +44,11 @@ import zipfile
 
 import numpy as np
 
-from . import config
+from . import config, losses, optimizers
 from .data import stats as input_stats_
+from .layers import InputLayer
+from .layers import deserialize as deserialize_layer
 from .layers.base import Layer
-from .metrics import METRICS
 from .registry import short
 
 MODEL_FORMAT = "minicnn.model"
@@ -150,34 +151,8 @@ def _meta_array(meta):
 
 def _rng_states(model):
     """Bit-generator states of layers with their own generator (Dropout, augmentation layers)."""
-    states = {}
-    for layer in model.layers:
-        rng = getattr(layer, "_rng", None)
-        if isinstance(rng, np.random.Generator):
-            states[layer.name] = rng.bit_generator.state
-    return states
-
-
-def _compile_settings(model):
-    from . import losses, optimizers
-
-    if not model.compiled or model.optimizer is None:
-        return None
-    loss = None
-    if model.loss is not None:
-        loss = losses.serialize(model.loss)
-        try:
-            losses.deserialize(loss)
-        except ValueError:
-            warnings.warn(f"The loss {model.loss!r} cannot be saved; the loaded model will have no loss.", stacklevel=4)
-            loss = None
-    metrics = []
-    for name, fn in model._metrics:
-        if isinstance(name, str) and fn is METRICS.get(name.lower()):
-            metrics.append(name)
-        else:
-            warnings.warn(f"The metric {name!r} is a function and is not saved.", stacklevel=4)
-    return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss, "metrics": metrics}
+    return {layer.name: layer.rng.bit_generator.state for layer in model.layers
+            if isinstance(layer.rng, np.random.Generator)}
 
 
 def _digest(array):
@@ -185,16 +160,21 @@ def _digest(array):
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()[:16]
 
 
+def _weight_names(model):
+    """``(layer name, weight name)`` of every weight, in ``model.get_weights()`` order."""
+    return [(layer.name, name) for layer in model.layers for name in layer.weight_names]
+
+
 def _weight_entries(model, weights):
-    return [(layer.name, name, list(w.shape), str(w.dtype), _digest(w))
-            for (layer, name, _, _), w in zip(model._weight_entries(), weights)]
+    return [(layer, name, list(w.shape), str(w.dtype), _digest(w))
+            for (layer, name), w in zip(_weight_names(model), weights)]
 
 
 def save_model(model, path, overwrite=True):
     """Write the whole model (see the module docstring); returns the path written."""
     weights = model.get_weights()
     arrays = {f"w{i}": w for i, w in enumerate(weights)}
-    compile_settings = _compile_settings(model)
+    compile_settings = model.get_compile_config()
     slots = []
     if compile_settings is not None:
         params = {f"{layer.name}/{name}": w for layer in model.layers for name, w in layer.params.items()}
@@ -204,7 +184,7 @@ def save_model(model, path, overwrite=True):
             for slot_name, array in slot_arrays.items():
                 arrays[f"s{len(slots)}"] = array
                 slots.append([key, slot_name, _digest(array)])
-    shuffle_rng = getattr(model, "_shuffle_rng", None)
+    shuffle_rng = model.shuffle_rng
     meta = {
         "format": MODEL_FORMAT,
         "version": VERSION,
@@ -228,7 +208,7 @@ def save_weights(model, path, overwrite=True):
     meta = {
         "format": WEIGHTS_FORMAT,
         "version": VERSION,
-        "build_input_shape": None if model._build_input_shape is None else list(model._build_input_shape),
+        "build_input_shape": list(model.input_shape) if model.built else None,
         "weights": _weight_entries(model, weights),
     }
     arrays = {f"w{i}": w for i, w in enumerate(weights)}
@@ -353,17 +333,14 @@ def _check_weights(archive, meta, planned, by_layer_name=True):
 
 def _planned_weights(model_config):
     """``[(layer name, weight name, shape)]`` of the architecture, from the configs alone (builds nothing)."""
-    from .layers import InputLayer
-    from .layers import deserialize as deserialize_layer
-
     if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list):
         raise ValueError(f"the architecture must be a dict with a list of layers. Received: {short(model_config)}")
     layers = [deserialize_layer(data) for data in model_config["layers"]]
     shape = model_config.get("build_input_shape")
     if layers and isinstance(layers[0], InputLayer):
-        shape, layers = (None, *layers[0]._input_shape_arg), layers[1:]
-    elif layers and layers[0]._input_shape_arg is not None:
-        shape = (None, *layers[0]._input_shape_arg)
+        shape, layers = (None, *layers[0].declared_input_shape), layers[1:]
+    elif layers and layers[0].declared_input_shape is not None:
+        shape = (None, *layers[0].declared_input_shape)
     return [] if shape is None else _weight_shapes(layers, shape)
 
 
@@ -377,7 +354,7 @@ def _weight_shapes(layers, shape):
         shapes = layer.weight_shapes(shape)
         if type(layer).weight_shapes is Layer.weight_shapes and not type(layer).__module__.startswith("minicnn."):
             layer.build(shape)   # a learner's registered layer that does not say: build it to see
-            shapes = dict(zip(layer.weight_names, (w.shape for w in layer._weight_arrays())))
+            shapes = dict(zip(layer.weight_names, (w.shape for w in layer.get_weights())))
         planned += [(layer.name, name, tuple(int(d) for d in s)) for name, s in shapes.items()]
         shape = tuple(layer.compute_output_shape(shape))
     return planned
@@ -445,22 +422,24 @@ def _named(path, err):
     return ValueError(f"{path}: cannot rebuild the model ({type(err).__name__}: {err})")
 
 
-def load_model(path, compile=True):
-    """Rebuild a model written by ``save_model``. See ``minicnn.models.load_model``."""
+def load_model(path, from_config, compile=True):
+    """Rebuild a model written by ``save_model``. See ``minicnn.models.load_model``.
+
+    ``from_config`` builds the model from its checked architecture (``Sequential.from_config``):
+    the file format does not depend on the model class, so this module imports no model.
+    """
     path = _existing_path(path)
     archive = _Archive(path)
     try:
         with _global_rng_untouched():   # constructing and building layers draws from config.rng()
-            return _load_model(archive, compile)
+            return _load_model(archive, from_config, compile)
     except Exception as err:   # a tampered config can make a constructor fail in any way
         raise _named(path, err) from None
     finally:
         archive.zip.close()
 
 
-def _load_model(archive, compile):
-    from .models import Sequential
-
+def _load_model(archive, from_config, compile):
     meta = _read_meta(archive, (MODEL_FORMAT,))
     planned = _planned_weights(meta.get("model"))
     state = meta.get("optimizer_state") or {}
@@ -470,15 +449,16 @@ def _load_model(archive, compile):
     _check_members(archive, len(planned), len(slots))
     _check_weights(archive, meta, planned)
     class_names, stats = meta.get("class_names"), input_stats_.checked(meta.get("input_stats"))
-    model = Sequential.from_config(meta["model"])   # every shape is known to match the file: now allocate
+    model = from_config(meta["model"])   # every shape is known to match the file: now allocate
     model.set_weights(_read_weights(archive, meta["weights"]))
     rng_states = meta.get("rng_states") or {}
     for layer in model.layers:
-        if isinstance(getattr(layer, "_rng", None), np.random.Generator) and layer.name in dict(rng_states):
-            _set_rng_state(layer._rng, rng_states[layer.name], f"layer {layer.name!r}")
+        if isinstance(layer.rng, np.random.Generator) and layer.name in dict(rng_states):
+            _set_rng_state(layer.rng, rng_states[layer.name], f"layer {layer.name!r}")
     if meta.get("shuffle_rng_state") is not None:
-        model._shuffle_rng = np.random.default_rng()
-        _set_rng_state(model._shuffle_rng, meta["shuffle_rng_state"], "shuffling")
+        shuffle_rng = np.random.default_rng()
+        _set_rng_state(shuffle_rng, meta["shuffle_rng_state"], "shuffling")
+        model.shuffle_rng = shuffle_rng
     settings = meta.get("compile")
     if compile and settings:
         _compile(archive, model, settings, state, slots)
@@ -489,8 +469,6 @@ def _load_model(archive, compile):
 
 
 def _compile(archive, model, settings, state, slots):
-    from . import losses, optimizers
-
     if not isinstance(settings, dict):
         raise ValueError(f"the compile settings must be a dict. Received: {short(settings)}")
     loss = None if settings.get("loss") is None else losses.deserialize(settings["loss"])
@@ -528,7 +506,7 @@ def load_weights(model, path):
         state = meta.get("optimizer_state") or {}
         try:
             if model.built:
-                planned = [(layer.name, name, w.shape) for layer, name, w, _ in model._weight_entries()]
+                planned = [(layer, name, w.shape) for (layer, name), w in zip(_weight_names(model), model.weights)]
             elif shape:
                 planned = _weight_shapes(model.layers, shape)
             else:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minicnn import callbacks as cb
+from minicnn import progbar
 from minicnn.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
 from minicnn.losses import MeanSquaredError
 from minicnn.models import Sequential, load_model
@@ -281,7 +282,7 @@ def test_bar_shows_eta_during_the_epoch_and_small_values_in_e_notation():
     bar.update(1, {"loss": 1e-5, "val_loss": -0.25})
     line = re.sub(r"\x1b\[[0-9;]*m", "", stream.getvalue())
     assert re.match(rf"^\r 1/10 ━{{20}} \d+s {STEP} - loss: 1\.0000e-05 - val_loss: -0\.2500$", line), repr(line)
-    assert cb._format_duration(3725) == "1:02:05" and cb._format_duration(65) == "1:05"
-    assert cb._format_duration(7.9) == "7s"
-    assert cb._format_per_step(0.0021) == "2ms/step" and cb._format_per_step(3e-5) == "30us/step"
-    assert cb._format_per_step(2.4) == "2s/step"
+    assert progbar.format_duration(3725) == "1:02:05" and progbar.format_duration(65) == "1:05"
+    assert progbar.format_duration(7.9) == "7s"
+    assert progbar.format_per_step(0.0021) == "2ms/step" and progbar.format_per_step(3e-5) == "30us/step"
+    assert progbar.format_per_step(2.4) == "2s/step"

@@ -736,3 +736,44 @@ def test_first_layer_gives_input_gradients_again_after_fit():
     y = conv(rng.standard_normal((2, 6, 6, 1)))
     dx = conv.backward(np.ones_like(y))
     assert dx is not None and dx.shape == (2, 6, 6, 1)
+
+
+def test_compile_config_is_what_a_file_can_store(tmp_path):
+    """``get_compile_config`` (as Keras's): None before compile; a metric function is left out, with a warning."""
+    def my_metric(y_true, y_pred):
+        return 0.0
+
+    model = small_cnn()
+    assert model.get_compile_config() is None
+    model.compile(Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy", my_metric])
+    with pytest.warns(UserWarning, match="'my_metric' is a function and is not saved"):
+        settings = model.get_compile_config()
+    assert settings["metrics"] == ["accuracy"] and settings["loss"]["class_name"] == "SparseCategoricalCrossentropy"
+    assert settings["optimizer"]["class_name"] == "Adam" and settings["optimizer"]["config"]["learning_rate"] == 1e-3
+    json.dumps(settings)
+    with pytest.warns(UserWarning, match="my_metric"):
+        path = model.save(tmp_path / "m")
+    loaded = minicnn.models.load_model(path)
+    assert loaded.get_compile_config() == settings and loaded.metrics_names == ["loss", "accuracy"]
+
+
+def test_the_random_state_a_file_stores_is_public():
+    model = Sequential([Dropout(0.5, seed=1, input_shape=(4,)), Dense(2)])
+    dropout, dense = model.layers
+    assert isinstance(dropout.rng, np.random.Generator) and dense.rng is None
+    assert dropout.declared_input_shape == (4,) and dense.declared_input_shape is None
+    assert model.shuffle_rng is None
+    with pytest.raises(TypeError, match="`shuffle_rng` must be a numpy.random.Generator or None. Received: int"):
+        model.shuffle_rng = 3
+    model.shuffle_rng = np.random.default_rng(5)
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(6)
+    model.fit(rng.standard_normal((6, 4)), rng.standard_normal((6, 2)), batch_size=2, verbose=0)
+    assert model.shuffle_rng.bit_generator.state == _after_one_permutation(5, 6)
+
+
+def _after_one_permutation(seed, n):
+    """The state of ``default_rng(seed)`` after one epoch's order of ``n`` samples was drawn from it."""
+    rng = np.random.default_rng(seed)
+    rng.permutation(n)
+    return rng.bit_generator.state

@@ -45,7 +45,9 @@ import numpy as np
 
 from .. import config, losses, optimizers
 from ..callbacks import CallbackList
-from ..models import DEFAULT_BATCH_SIZE, Sequential, _check_int, _check_verbose, _is_dataset
+from ..data_adapters import is_dataset
+from ..models import Sequential
+from ..trainer import DEFAULT_BATCH_SIZE, _check_int, _check_verbose
 from .convert import AUGMENTATION, _torch, from_torch  # augmentation: to_torch leaves it out, minicnn runs it
 
 #: The compiled losses and optimizers with a PyTorch equivalent (``worker.loss_terms``, ``worker.KerasOptimizer``).
@@ -105,8 +107,8 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
     split = _split_point(model)
 
     rng_state = config.rng().bit_generator.state
-    had_shuffle_rng = model._shuffle_rng is not None
-    shuffle_state = model._shuffle_rng.bit_generator.state if had_shuffle_rng else None
+    shuffle_rng = model.shuffle_rng
+    shuffle_state = None if shuffle_rng is None else shuffle_rng.bit_generator.state
     run_dir = tempfile.mkdtemp(prefix="minicnn-ddp-")
     try:
         np.save(os.path.join(run_dir, "x.npy"), x)
@@ -134,10 +136,9 @@ def fit_distributed(model, x, y, epochs=1, batch_size=None, validation_split=0.0
         result = dict(np.load(os.path.join(run_dir, "result.npz"), allow_pickle=False))
     except BaseException:
         config.rng().bit_generator.state = rng_state     # a failed run leaves minicnn's generators as they were
-        if had_shuffle_rng:
-            model._shuffle_rng.bit_generator.state = shuffle_state
-        else:
-            model._shuffle_rng = None
+        if shuffle_rng is not None:
+            shuffle_rng.bit_generator.state = shuffle_state
+        model.shuffle_rng = shuffle_rng
         raise
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -188,7 +189,7 @@ def _check(model, torch, epochs, batch_size, verbose, initial_epoch, nproc, devi
 
 def _check_data(model, x, y, validation_split, validation_data):
     """Checked ``(x, y, val)`` with ``fit``'s rules; arrays only (the data is memory-mapped by each process)."""
-    if _is_dataset(x) or (validation_data is not None and _is_dataset(validation_data)):
+    if is_dataset(x) or (validation_data is not None and is_dataset(validation_data)):
         raise ValueError("fit_distributed takes arrays (x, y) and validation_data=(x_val, y_val); "
                          "for a dataset of batches, concatenate it into arrays first.")
     if isinstance(validation_split, bool) or not (isinstance(validation_split, (int, float)) and 0 <= validation_split < 1):

@@ -124,6 +124,19 @@ class Layer:
         self.input_shape = None
         self.output_shape = None
 
+    @property
+    def declared_input_shape(self):
+        """The ``input_shape=`` given to the constructor (no batch axis), as a tuple, or None."""
+        return self._input_shape_arg
+
+    @property
+    def rng(self):
+        """The layer's own random generator (Dropout and the augmentation layers draw from it), or None.
+
+        ``save`` stores its state, so that a model loaded to resume training draws what it would have.
+        """
+        return getattr(self, "_rng", None)
+
     # ----------------------------------------------------------------- shapes and building
     def compute_output_shape(self, input_shape):
         """Output shape for ``input_shape`` (batch axis included); pure, raises on impossible shapes."""
