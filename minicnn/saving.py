@@ -228,7 +228,7 @@ class _Archive:
         try:
             self.zip = zipfile.ZipFile(path)
             infos = self.zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
             raise ValueError(f"{path}: not a readable minicnn .npz file ({type(err).__name__}: {err})") from None
         self.members = {}
         try:
@@ -258,7 +258,7 @@ class _Archive:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(f)
                 offset = f.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, TypeError) as err:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, TypeError, NotImplementedError) as err:
             raise ValueError(f"{self.path}: the header of {name!r} is damaged ({type(err).__name__}: {err})") from None
         if dtype.hasobject:
             raise ValueError(f"{self.path}: {name!r} holds Python objects; minicnn files hold numbers only")
@@ -274,7 +274,7 @@ class _Archive:
             with self.zip.open(self.members[name]) as f:
                 array = np.lib.format.read_array(f, allow_pickle=False)
                 f.read(1)   # reach the end of the member, where zipfile compares the CRC
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as err:
             raise ValueError(f"{self.path}: {name!r} is damaged or truncated ({type(err).__name__}: {err})") from None
         return array
 

@@ -389,6 +389,18 @@ def test_optional_input_stats_must_be_a_dict_of_finite_numbers(good_file, tmp_pa
             load_model(bad)
 
 
+def test_a_zip_directory_asking_for_an_unknown_zip_version_is_a_value_error(good_file, tmp_path):
+    """zipfile raises NotImplementedError for a member that needs a newer zip version (found by the fuzz test)."""
+    path, _ = good_file
+    data = bytearray(open(path, "rb").read())
+    entry = data.index(b"PK\x01\x02")            # the first central-directory entry
+    data[entry + 6 : entry + 8] = (109).to_bytes(2, "little")   # "version needed to extract": 10.9
+    bad = tmp_path / "version.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"version.npz: not a readable minicnn .npz file \(NotImplementedError"):
+        load_model(bad)
+
+
 def test_members_outside_the_format_are_refused_by_name(good_file, tmp_path):
     path, _ = good_file
     arrays = members(path)
