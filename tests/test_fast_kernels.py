@@ -16,7 +16,10 @@ import pytest
 from helpers import assert_sums_close, conv_sums
 
 import minicnn
-from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as numba_cpu
+from minicnn.kernels.numba import im2col
+from minicnn.kernels.numba._threads import LANES
 from minicnn.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
 from minicnn.models import Sequential
 from minicnn.optimizers import SGD
@@ -133,7 +136,7 @@ def test_conv_backward_over_many_chunks_and_lanes(monkeypatch):
     x, w, b, dy, kw = make((7, 9, 8, 3, 3, 3, 4, (1, 1), "same"), rng)
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
     expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
-    monkeypatch.setattr(numba_cpu, "COLS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(im2col, "COLS_BUDGET_BYTES", 1)
     sums = conv_sums(x, w, b, relu_grad(dy, y), **kw)
     for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
         assert_conv_close(name, a, e, sums)
@@ -179,7 +182,7 @@ def test_tiled_conv_with_dilation_matches_reference(mode, dilation):
 def test_tiled_kernel_gradient_over_chunk_boundaries(case):
     # numba_tiles.weight_grad sums CHUNK_PIXELS output pixels per pass: several images, or a
     # few rows of one; both cases cross a chunk boundary here
-    from minicnn.kernels import numba_tiles
+    from minicnn.kernels.numba import tiles as numba_tiles
 
     N, H, W = case[:3]
     assert N * H * W > numba_tiles.CHUNK_PIXELS
@@ -194,8 +197,10 @@ def test_tiled_kernel_gradient_over_chunk_boundaries(case):
 def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypatch):
     rng = np.random.default_rng(13)
     calls = []
-    tiled = numba_cpu._conv2d_forward_tiled
-    monkeypatch.setattr(numba_cpu, "_conv2d_forward_tiled", lambda *a: calls.append(a) or tiled(*a))
+    from minicnn.kernels.numba import conv
+
+    tiled = conv._forward_tiled
+    monkeypatch.setattr(conv, "_forward_tiled", lambda *a: calls.append(a) or tiled(*a))
     x, w, b, dy, kw = make((3, 6, 7, 32, 3, 3, 16, (1, 1), "same"), rng, np.float32)
     numba_cpu.conv2d_forward(x, w, b, **kw)
     assert not calls   # 16 filters: im2col + BLAS
@@ -227,7 +232,9 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients(case):
 
 _AVX2_SCRIPT = """
 from helpers import assert_sums_close, conv_sums
-from minicnn.kernels import conv_padding, numba_cpu, numba_tiles, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as numba_cpu
+from minicnn.kernels.numba import tiles as numba_tiles
 import numpy as np
 assert (numba_tiles.JB, numba_tiles.SJB) == (3, 2), (numba_tiles.JB, numba_tiles.SJB)
 rng = np.random.default_rng(15)
@@ -368,8 +375,8 @@ def test_an_error_in_one_lane_reaches_the_caller_and_the_lanes_keep_working(rest
         return k
 
     with pytest.raises(ValueError, match="failed"):
-        numba_cpu._LANES.run(part, numba_cpu.PARTS, work=10**9)
-    assert numba_cpu._LANES.run(lambda k: 2 * k, numba_cpu.PARTS, work=10**9) == [2 * k for k in range(numba_cpu.PARTS)]
+        LANES.run(part, numba_cpu.PARTS, work=10**9)
+    assert LANES.run(lambda k: 2 * k, numba_cpu.PARTS, work=10**9) == [2 * k for k in range(numba_cpu.PARTS)]
 
 
 # ----------------------------------------------------------------------------------------- buffer reuse

@@ -13,7 +13,9 @@ from helpers import assert_sums_close, conv_sums, pool_problems
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as numba_cpu
+from minicnn.kernels.numba import _runtime, im2col
 
 BACKENDS = {"reference": reference, "numba": numba_cpu}
 
@@ -204,7 +206,7 @@ def test_numba_conv_is_chunked_like_a_single_pass(monkeypatch):
     # a tiny im2col budget forces one image per chunk (and the dw sum over chunks)
     rng = np.random.default_rng(6)
     x, w, b, dy, kw = make_conv((4, 6, 5, 2, 3, 3, 3, (1, 2), "same", (1, 1)), rng)
-    monkeypatch.setattr(numba_cpu, "COLS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(im2col, "COLS_BUDGET_BYTES", 1)
     assert_conv_backends_agree(x, w, b, dy, kw)
 
 
@@ -451,7 +453,7 @@ def test_cache_dir_is_reported():
 def test_cache_falls_back_to_a_writable_folder(monkeypatch):
     # a read-only install: the package folder is not writable, the user's cache folder is
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    monkeypatch.setattr(numba_cpu, "_can_write", lambda path: path != numba_cpu._IN_TREE_CACHE)
-    assert numba_cpu._fallback_cache_dir().endswith(os.path.join("minicnn", "numba"))
+    monkeypatch.setattr(_runtime, "_can_write", lambda path: path != _runtime._IN_TREE_CACHE)
+    assert _runtime._fallback_cache_dir().endswith(os.path.join("minicnn", "numba"))
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere/chosen")  # the user's choice wins
-    assert numba_cpu._fallback_cache_dir() is None
+    assert _runtime._fallback_cache_dir() is None

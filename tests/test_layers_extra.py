@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import activations, gradcheck, regularizers
 from minicnn.gradcheck import numerical_gradient, rel_error
-from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as numba_cpu
 from minicnn.layers import (
     ELU,
     Activation,

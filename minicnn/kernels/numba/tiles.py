@@ -1,6 +1,6 @@
 """Register-tiled convolution loops: the Numba backend's fast path for 32, 64, ... filters.
 
-``numba_cpu`` turns a convolution into im2col + one BLAS product, which wastes time twice at
+The im2col route (``im2col.py``) turns a convolution into one BLAS product, which wastes time twice at
 the shapes of small CNNs: building the im2col matrix costs as much as the product, and
 OpenBLAS runs products with only 32 or 64 columns (or 27 rows, for RGB input) far below
 its peak. The loops here skip the matrix and compute the convolution directly, a small
@@ -48,11 +48,11 @@ rounding instead of two); nothing is reordered and NaN and inf behave as usual.
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import carray, njit, types
+from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from .numba_cpu import _CACHE_OK  # numba_cpu imports this module once it has set up the cache
+from ._runtime import CACHE_OK
 
 
 def _avx512():
@@ -83,9 +83,12 @@ def fits(n_filters):
 def _stack_array(size):
     """A jitted ``f(dtype)`` returning a pointer to ``size`` uninitialised values on the stack.
 
-    Wrap it with ``numba.carray`` to index it. Numba has no stack arrays for the CPU (only
+    Wrap it with ``carray`` to index it. Numba has no stack arrays for the CPU (only
     ``cuda.local.array``), so this allocates one (an LLVM ``alloca``) with an intrinsic.
+    With ``NUMBA_DISABLE_JIT=1`` (plain Python, for a debugger) a NumPy array stands in for it.
     """
+    if config.DISABLE_JIT:
+        return lambda dtype: np.empty(size, dtype)
 
     @intrinsic
     def stack(typingctx, dtype):
@@ -98,6 +101,14 @@ def _stack_array(size):
     return stack
 
 
+if config.DISABLE_JIT:
+    def carray(array, shape):
+        """Plain Python's stand-in for ``numba.carray``: the array above, in that shape."""
+        return array.reshape(shape)
+else:
+    from numba import carray
+
+
 _tile_of_outputs = _stack_array(JB * FB)
 _tile_of_inputs = _stack_array(JB)
 _pixel_corners = _stack_array(JB)
@@ -108,7 +119,7 @@ _scatter_corners = _stack_array(SJB)
 _scatter_sources = _stack_array(SJB)
 _tap_offsets = _stack_array(KB)
 
-TILE_OPTIONS = dict(cache=_CACHE_OK, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
+TILE_OPTIONS = dict(cache=CACHE_OK, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
 
 
 def pack(w2d):
