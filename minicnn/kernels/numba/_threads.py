@@ -158,6 +158,15 @@ class _Lanes:
             with self._wakeup:
                 self._wakeup.notify()
 
+    @staticmethod
+    def lanes_for(parts, work, blas):
+        """How many lanes :meth:`run` uses for ``parts`` parts of ``work`` output values."""
+        if work < LANE_MIN_WORK or numba.config.DISABLE_JIT:  # plain Python holds the GIL: lanes would take turns
+            return 1
+        if blas and not BLAS.controlled:  # BLAS would run its own threads inside each lane
+            return 1
+        return min(parts, numba.get_num_threads(), MAX_LANES)
+
     def run(self, part, parts, work, blas=False):
         """``[part(k) for k in range(parts)]``, computed on up to ``get_num_threads()`` lanes.
 
@@ -166,10 +175,8 @@ class _Lanes:
         keeps everything on the calling thread, and so does ``blas=True`` (the parts call
         BLAS) where BLAS's threads cannot be controlled. Results come back in part order.
         """
-        lanes = min(parts, numba.get_num_threads(), MAX_LANES)
-        if numba.config.DISABLE_JIT or (blas and not BLAS.controlled):
-            lanes = 1  # plain Python holds the GIL: lanes would only take turns
-        if lanes <= 1 or work < LANE_MIN_WORK:
+        lanes = self.lanes_for(parts, work, blas)
+        if lanes <= 1:
             if not blas:
                 return [part(k) for k in range(parts)]
             with BLAS:
