@@ -48,8 +48,8 @@ MUTANTS = [
     Mutant("Numba batch norm drops the last block of rows from its sums", "minicnn/kernels/numba/norm.py",
            "    for b in range(part.shape[0]):", "    for b in range(part.shape[0] - 1):",
            ("tests/test_kernels_package.py", "-k", "batchnorm")),
-    Mutant("Numba scatter input gradient takes the top padding for the bottom", "minicnn/kernels/numba/conv.py",
-           "        HP, WP = H + PT + PB, W + PL + PR", "        HP, WP = H + PT + PT, W + PL + PL", KERNEL_TESTS),
+    Mutant("Numba tiles pad the input by the bottom padding at the top", "minicnn/kernels/numba/conv.py",
+           "tiles.pad(x, *images[k], xp, PT, PL)", "tiles.pad(x, *images[k], xp, PB, PL)", KERNEL_TESTS),
     # ---------------------------------------------------------------- layers
     Mutant("Dropout forgets the 1/(1-rate) scaling", "minicnn/layers/core.py",
            "scale = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)", "scale = keep.astype(x.dtype)",
