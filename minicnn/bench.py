@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -264,7 +263,7 @@ def build_torch(torch, model, nhwc_flatten=False):
 
 
 def peak_rss_mb():
-    """This process's peak resident memory in MB: ``VmHWM``, else ``ru_maxrss``.
+    """This process's peak resident memory in MB: ``VmHWM``, else ``ru_maxrss``, else NaN (Windows).
 
     ``ru_maxrss`` survives ``exec``: a worker started by a parent that imported torch would
     report at least the parent's size. ``VmHWM`` belongs to the process's own address space.
@@ -276,6 +275,10 @@ def peak_rss_mb():
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    try:
+        import resource  # POSIX only
+    except ImportError:   # Windows: no peak size to read without another dependency
+        return float("nan")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

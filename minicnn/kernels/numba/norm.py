@@ -10,7 +10,6 @@ from ..shapes import check_batchnorm_args, check_float
 from ._runtime import JIT_OPTIONS
 from ._threads import LANES, PARTS, split
 
-
 # Batch norm sums each channel over all M = N*H*W rows. Channels are the fastest axis in NHWC,
 # so a loop in which one thread owns one channel would stride through memory C values at a
 # time (slower than NumPy, measured). Instead the rows are cut into
