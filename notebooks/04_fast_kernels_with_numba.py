@@ -48,7 +48,7 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from minicnn.kernels import numba as fast   # minicnn's Numba backend (a package: conv, tiles, pooling, ...)
+from minicnn.kernels import numba as fast  # minicnn's Numba backend (a package: conv, tiles, pooling, ...)
 from minicnn.kernels import reference
 from minicnn.kernels.numba import tiles
 

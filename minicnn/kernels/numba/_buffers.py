@@ -2,7 +2,7 @@
 
 Why: a fresh array pays a page fault on the first write to each 4 KiB page, and glibc returns
 blocks of a few MB to the system when they are freed, so every call would pay again; reusing
-them made the small CNN's training step faster (``benchmarks/RESULTS.md``, "buffer pool").
+them made the small CNN's training step faster (``benchmarks/RESULTS.md``, "No fresh big arrays").
 
 A pooled array is handed out again only when no one else holds it (its reference count is back
 to the pool's own): an array a caller kept, or any view of it (a view holds its base), is never

@@ -6,7 +6,7 @@ calling thread, or one of a few Python threads waiting in a pool. The jitted loo
 GIL, and BLAS is held to one thread while the lanes run, so there is one busy thread per core.
 Why lanes rather than Numba's ``parallel=True``: with OpenMP threads for the loops and BLAS's
 own threads for the products, each pool's idle threads took the cores from the other, and an
-OpenMP region makes a forked child process die (``benchmarks/RESULTS.md``, "lanes").
+OpenMP region makes a forked child process die (``benchmarks/RESULTS.md``, "Lanes instead of two thread pools").
 
 The split depends only on the shapes (``PARTS`` parts, whatever the thread count), so every
 sum is added up in the same order and the results are the same bits on 1, 2 or 16 threads.
@@ -112,7 +112,7 @@ class _Lanes:
 
     Between kernel calls an idle lane keeps looking for work for about ``LANE_SPIN_S`` before
     it sleeps: a lane that slept between the kernels of a training step woke up too late to
-    help (``benchmarks/RESULTS.md``, "lanes"). The looking loop is jitted and releases the GIL.
+    help (``benchmarks/RESULTS.md``, "Lanes instead of two thread pools"). The looking loop is jitted and releases the GIL.
     """
 
     def __init__(self):

@@ -230,8 +230,7 @@ def input_grad_route(g, channels):
     'scatter': a kernel of at most 32 taps (a 3x3 kernel on RGB or grey images), any strides.
     """
     KH, KW, SH, SW, DH, DW, PT, PB, PL, PR, _, _ = g
-    # 'tiles' also multiplies the zeros around dz: at 13x13x32 -> 64 (11x11 outputs, 15x15
-    # padded) 40% more multiply-adds than needed, and still twice as fast as col2im
+    # 'tiles' also multiplies the zeros around dz, and is still faster than col2im (RESULTS.md)
     if tiles.fits(channels) and SH == SW == 1 and max(PT, PB) <= DH * (KH - 1) and max(PL, PR) <= DW * (KW - 1):
         return "tiles"
     return "scatter" if tiles.small_kernel((KH, KW), channels) else "col2im"
