@@ -19,10 +19,13 @@ whatever the BLAS.
 """
 
 import collections
+import ctypes
 import os
+import sys
 import threading
 import time
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 from numba import njit, types
@@ -111,8 +114,8 @@ class _Lanes:
     """``MAX_LANES - 1`` Python threads that, with the calling thread, compute a kernel's parts.
 
     Between kernel calls an idle lane keeps looking for work for about ``LANE_SPIN_S`` before
-    it sleeps: a lane that slept between the kernels of a training step woke up too late to
-    help (``benchmarks/RESULTS.md``, "Lanes instead of two thread pools"). The looking loop is jitted and releases the GIL.
+    it sleeps, yielding its core at each look: a lane that slept between the kernels of a
+    training step woke up too late to help (``benchmarks/RESULTS.md``, "Lanes instead of two thread pools"). The looking loop is jitted and releases the GIL.
     """
 
     def __init__(self):
@@ -226,12 +229,38 @@ def _atomic_load(typingctx, array):
     return types.int64(array), codegen
 
 
+def _yield_address():
+    """Address of the system call that hands the core to another ready thread, or None.
+
+    ``sched_yield`` from the C library (Linux, macOS, BSD), ``SwitchToThread`` from kernel32
+    (Windows); found through ctypes, so nothing is bound to a symbol that may not exist.
+    """
+    try:
+        call = ctypes.windll.kernel32.SwitchToThread if sys.platform == "win32" else ctypes.CDLL(None).sched_yield
+    except (OSError, AttributeError):
+        return None
+    return ctypes.cast(call, ctypes.c_void_p).value
+
+
+_YIELD = _yield_address()
+if _YIELD:
+    llvm.add_symbol("minicnn_yield_core", _YIELD)  # the jitted code calls it by this name
+    _yield_core = types.ExternalFunction("minicnn_yield_core", types.int32())
+else:
+    @njit(**JIT_OPTIONS)
+    def _yield_core():
+        return 0
+
+
 @njit(**JIT_OPTIONS)
 def _spin(signal, seen, tries):
-    # True as soon as signal[0] differs from seen, False after `tries` looks
+    # True as soon as signal[0] differs from seen, False after `tries` looks. Between looks the
+    # thread yields its core to any other ready thread: on a busy machine, maybe the one whose
+    # work it is waiting for.
     for _ in range(tries):
         if _atomic_load(signal) != seen:
             return True
+        _yield_core()
     return False
 
 
