@@ -8,25 +8,26 @@ kernel runs as plain Python, which a debugger can step through (slowly).
 Route table: which algorithm runs for which shapes, and why
 -----------------------------------------------------------
 
-=========================  ==========================================  ==============================
-kernel                     shapes                                      route (module)
-=========================  ==========================================  ==============================
-conv forward               F a multiple of 32                          register tiles (``tiles.py``)
-conv forward               other F                                     im2col + BLAS (``im2col.py``)
-conv kernel gradient       F a multiple of 32                          register tiles
-conv kernel gradient       other F                                     im2col + BLAS
-conv input gradient        C a multiple of 32, stride 1, padding at    tiles: a 'valid' convolution of
-                           most the kernel's span                      the padded dz by the flipped kernel
-conv input gradient        otherwise, at most 32 taps (KH*KW*C)        scatter tiles (``tiles.py``)
-conv input gradient        otherwise                                   BLAS + col2im (``im2col.py``)
-conv, 1x1 kernel, stride   on the im2col route                         no im2col: x is the matrix
-1, no padding
-max / average pooling      any                                         one loop (``pooling.py``)
-dense                      any                                         BLAS, split along D (``dense.py``)
-batch norm                 any                                         blocks of rows (``norm.py``)
-Adam                       same dtype, contiguous                      one loop (``dense.py``); else
-                                                                       the reference
-=========================  ==========================================  ==============================
+=====================  =============================================  =================================
+kernel                 shapes                                         route (module)
+=====================  =============================================  =================================
+conv forward           F a multiple of 32                             register tiles (``tiles.py``)
+conv forward           other F                                        im2col + BLAS (``im2col.py``)
+conv kernel gradient   F a multiple of 32                             register tiles
+conv kernel gradient   other F                                        im2col + BLAS
+conv input gradient    F a multiple of 32 (or ``conv2d_backward_``    ``input_grad_route`` in ``conv.py``:
+                       ``input`` alone), then: C a multiple of 32,    tiles: a 'valid' convolution of
+                       stride 1, padding at most the kernel's span    the padded dz by the flipped kernel
+                       ... else at most 32 taps (KH*KW*C)             scatter tiles (``tiles.py``)
+                       ... else                                       BLAS + col2im (``im2col.py``)
+conv input gradient    other F, in ``conv2d_backward``                BLAS + col2im, with dw's chunks
+1x1 conv, stride 1,    on the im2col route                            no im2col: x is the matrix
+no padding
+max / average pooling  any                                            one loop (``pooling.py``)
+dense                  any                                            BLAS, split along D (``dense.py``)
+batch norm             any                                            blocks of rows (``norm.py``)
+Adam                   one dtype, contiguous (else the reference)     one loop (``dense.py``)
+=====================  =============================================  =================================
 
 Why: at the shapes of small CNNs the register tiles beat im2col + BLAS (building the im2col
 matrix costs as much as the product, and BLAS runs narrow products far below its peak); the
