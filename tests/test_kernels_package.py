@@ -197,3 +197,31 @@ def test_blas_kernels_run_on_one_lane_where_blas_cannot_be_controlled(monkeypatc
     assert _threads.LANES.lanes_for(_threads.PARTS, 10**9, blas=True) == 1
     monkeypatch.undo()
     assert _threads.LANES.lanes_for(_threads.PARTS, 10**9, blas=True) == (lanes if _threads.BLAS.controlled else 1)
+
+
+def test_minicnn_info_names_the_blas_and_whether_it_is_controlled():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "minicnn", "info"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert numba_backend.blas_info() in done.stdout, done.stdout
+
+
+def test_bench_peak_memory_without_proc_or_resource_is_nan(monkeypatch):
+    # Windows has neither /proc nor the resource module: the benchmark reports NaN, it does not crash
+    import builtins
+    import math
+
+    from minicnn import bench
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setitem(sys.modules, "resource", None)   # `import resource` raises ImportError
+    assert math.isnan(bench.peak_rss_mb())
+    monkeypatch.delitem(sys.modules, "resource")
+    assert bench.peak_rss_mb() > 0
