@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..shapes import ConvGeometry, check_float, check_pool2d_args, pool2d_output_hw
+from ..shapes import ConvGeometry, check_float, check_pool2d_args
 from ._buffers import POOL, fill_zero
 from ._runtime import JIT_OPTIONS
 from ._threads import LANES, PARTS, split
@@ -47,11 +47,11 @@ def maxpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     check_float("maxpool2d_forward", "x", x)
     check_pool2d_args("maxpool2d_forward", x.shape, pool_size, strides, padding)
     x = np.ascontiguousarray(x)
-    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
+    g = ConvGeometry.of(x.shape, pool_size, strides, padding)
     N, _, _, C = x.shape
-    y = POOL.empty("maxpool2d.y", (N, OH, OW, C), x.dtype)
-    argmax = POOL.empty("maxpool2d.argmax", (N, OH, OW, C), np.int32)
-    g, images = ConvGeometry.of(x.shape, pool_size, strides, padding), split(N, PARTS)
+    y = POOL.empty("maxpool2d.y", (N, g.OH, g.OW, C), x.dtype)
+    argmax = POOL.empty("maxpool2d.argmax", (N, g.OH, g.OW, C), np.int32)
+    images = split(N, PARTS)
 
     def part(k):  # part k owns the images n0:n1 of y and argmax
         n0, n1 = images[k]
@@ -87,7 +87,8 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
     """
     check_float("maxpool2d_backward", "dy", dy)
     check_pool2d_args("maxpool2d_backward", x_shape, pool_size, strides, padding)
-    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
+    g = ConvGeometry.of(x_shape, pool_size, strides, padding)
+    expected = (x_shape[0], g.OH, g.OW, x_shape[3])
     for name, shape in (("dy", dy.shape), ("argmax", argmax.shape)):
         if tuple(shape) != expected:
             raise ValueError(
@@ -95,7 +96,7 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
             )
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
-    g, images = ConvGeometry.of(x_shape, pool_size, strides, padding), split(x_shape[0], PARTS)
+    images = split(x_shape[0], PARTS)
     disjoint = strides[0] >= pool_size[0] and strides[1] >= pool_size[1]  # windows do not overlap
     dx = POOL.empty("maxpool2d.dx", x_shape, dy.dtype)
 
@@ -221,9 +222,9 @@ def avgpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     check_float("avgpool2d_forward", "x", x)
     check_pool2d_args("avgpool2d_forward", x.shape, pool_size, strides, padding)
     x = np.ascontiguousarray(x)
-    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
-    y = POOL.empty("avgpool2d.y", (x.shape[0], OH, OW, x.shape[3]), x.dtype)
-    g, images = ConvGeometry.of(x.shape, pool_size, strides, padding), split(x.shape[0], PARTS)
+    g = ConvGeometry.of(x.shape, pool_size, strides, padding)
+    y = POOL.empty("avgpool2d.y", (x.shape[0], g.OH, g.OW, x.shape[3]), x.dtype)
+    images = split(x.shape[0], PARTS)
 
     def part(k):  # part k owns the images n0:n1 of y
         n0, n1 = images[k]
@@ -254,12 +255,13 @@ def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))
     """
     check_float("avgpool2d_backward", "dy", dy)
     check_pool2d_args("avgpool2d_backward", x_shape, pool_size, strides, padding)
-    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
+    g = ConvGeometry.of(x_shape, pool_size, strides, padding)
+    expected = (x_shape[0], g.OH, g.OW, x_shape[3])
     if tuple(dy.shape) != expected:
         raise ValueError(f"avgpool2d_backward: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy.shape)}")
     dy = np.ascontiguousarray(dy)
     dx = POOL.empty("avgpool2d.dx", tuple(x_shape), dy.dtype)
-    g, images = ConvGeometry.of(x_shape, pool_size, strides, padding), split(x_shape[0], PARTS)
+    images = split(x_shape[0], PARTS)
 
     def part(k):  # part k owns the images n0:n1 of dx (windows never cross images)
         n0, n1 = images[k]
