@@ -6,7 +6,7 @@ The blog's Keras code runs with ``keras`` replaced by ``minicnn``::
     from minicnn.layers import Conv2D, MaxPooling2D, Flatten, Dense
 
 Every layer's forward and backward pass is a few screens of NumPy (``minicnn.kernels.reference``)
-with a Numba-compiled twin (``minicnn.kernels.numba_cpu``) that tests prove equal.
+with a Numba-compiled twin (``minicnn.kernels.numba``) that tests prove equal.
 """
 
 import importlib

@@ -10,15 +10,15 @@ How it measures, and why
   Numba each bring an OpenMP runtime, and one started first changes how the other's threads wait
   (4 ms stalls were measured with torch imported before Numba).
 - Every worker uses the same number of threads (``THREADS``): Numba's, OpenBLAS's and torch's
-  intra-op pool. Each library otherwise keeps its own defaults (minicnn sets
-  ``OMP_WAIT_POLICY=PASSIVE`` for itself; torch's workers get nothing extra).
+  intra-op pool. Each library otherwise keeps its own defaults (minicnn's kernels use no OpenMP;
+  torch's workers get nothing extra).
 - The parent interleaves: round after round, each worker times a few repetitions of its case in
   turn, so that a noisy neighbour slows every library alike. We report medians over all
   repetitions of all rounds. Before each turn the parent waits ``SETTLE_S``: the idle threads
   of the worker that ran before (OpenBLAS's, OpenMP's) spin for a while after their last call
   and would otherwise take a core from the next one.
 - Peak memory is a worker's peak resident size (``VmHWM``; ``ru_maxrss`` where there is no
-  ``/proc``), and each training case has a worker of its own.
+  ``/proc``; NaN on Windows, which has neither), and each training case has a worker of its own.
 - Inputs are random numbers of the right shape, the same for both libraries (same seed).
 - The steady-state, startup and accuracy runs each need a fresh process of their own: they are
   ``minicnn.bench_runs``, started by ``run_steady``, ``run_startup`` and ``run_accuracy``.
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -266,7 +265,7 @@ def build_torch(torch, model, nhwc_flatten=False):
 
 
 def peak_rss_mb():
-    """This process's peak resident memory in MB: ``VmHWM``, else ``ru_maxrss``.
+    """This process's peak resident memory in MB: ``VmHWM``, else ``ru_maxrss``, else NaN (Windows).
 
     ``ru_maxrss`` survives ``exec``: a worker started by a parent that imported torch would
     report at least the parent's size. ``VmHWM`` belongs to the process's own address space.
@@ -278,6 +277,10 @@ def peak_rss_mb():
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    try:
+        import resource  # POSIX only
+    except ImportError:   # Windows: no peak size to read without another dependency
+        return float("nan")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -349,9 +349,10 @@ def cmd_info(args):
     try:
         import numba
 
-        from .kernels import numba_cpu
+        from .kernels import numba as fast
 
-        print(f"Numba {numba.__version__}   threads: {numba_cpu.get_num_threads()}   cache: {numba_cpu.cache_dir()}")
+        print(f"Numba {numba.__version__}   threads: {fast.get_num_threads()}   cache: {fast.cache_dir()}")
+        print(fast.blas_info())
     except ImportError as err:
         print(f"Numba: not available ({err})")
     print(f"backend: {config.get_backend()}   floatx: {config.get_floatx()}   CPUs: {os.cpu_count()}")

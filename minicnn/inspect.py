@@ -332,7 +332,7 @@ def saliency(model, image, class_index=None, score="logit"):
             layer.needs_input_gradient = True
         last = layers[-1]
         squashed = last.activation is not None and last.activation.name in ("softmax", "sigmoid")
-        d = last._backward(dy) if score == "logit" and squashed else last.backward(dy)
+        d = last.backward_from_logits(dy) if score == "logit" and squashed else last.backward(dy)
         for layer in reversed(layers[:-1]):
             d = layer.backward(d)
     finally:

@@ -298,7 +298,7 @@ class Sequential(Trainer):
         first = self._layers[0] if self._layers else None
         if first is None:
             return np.dtype(config.get_floatx())
-        return np.dtype(first.dtype if first.built else (first._dtype_arg or config.get_floatx()))
+        return np.dtype(first.dtype if first.built else first.build_dtype)
 
     # ------------------------------------------------------------------------ forward, loss, backward
     @one_thread
@@ -336,7 +336,7 @@ class Sequential(Trainer):
         try:
             last = self._layers[-1]
             if self._fuses(last):
-                dy = last._backward(self.loss.logits_gradient(y, y_pred))   # dL/dz = (p - y) / N
+                dy = last.backward_from_logits(self.loss.logits_gradient(y, y_pred))   # dL/dz = (p - y) / N
             else:
                 dy = last.backward(self.loss.gradient(y, y_pred))
             for layer in reversed(self._layers[first:-1]):

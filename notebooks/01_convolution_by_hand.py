@@ -38,7 +38,8 @@ import numpy as np
 import minicnn
 from minicnn import kernels
 from minicnn.data import img_to_array, load_img
-from minicnn.kernels import numba_cpu, reference
+from minicnn.kernels import numba as fast
+from minicnn.kernels import reference
 from minicnn.layers import Conv2D
 
 SMOKE = os.environ.get("MINICNN_SMOKE") == "1"   # CI sets it: smaller sizes, same code
@@ -234,7 +235,7 @@ print("parameters: 3*3*3*4 + 4 =", 3 * 3 * 3 * 4 + 4, "=", conv.count_params())
 
 pads = kernels.conv_padding("same", (6, 6), (3, 3), (1, 1))
 y_reference = reference.conv2d_forward(xb, conv.params["kernel"], conv.params["bias"], (1, 1), pads)
-y_numba = numba_cpu.conv2d_forward(xb, conv.params["kernel"], conv.params["bias"], (1, 1), pads)
+y_numba = fast.conv2d_forward(xb, conv.params["kernel"], conv.params["bias"], (1, 1), pads)
 print("max |layer - reference| =", np.abs(yb - y_reference).max())
 print("max |numba - reference| =", np.abs(y_numba - y_reference).max())
 np.testing.assert_allclose(yb, y_reference, rtol=1e-5, atol=1e-5)

@@ -48,7 +48,9 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from minicnn.kernels import numba_cpu, numba_tiles, reference
+from minicnn.kernels import numba as fast  # minicnn's Numba backend (a package: conv, tiles, pooling, ...)
+from minicnn.kernels import reference
+from minicnn.kernels.numba import tiles
 
 SMOKE = os.environ.get("MINICNN_SMOKE") == "1"   # CI sets it: smaller sizes, same code
 rng = np.random.default_rng(0)
@@ -102,11 +104,11 @@ conv2d_loops_numba = njit(conv2d_loops)     # the very same function, compiled b
 # 2. `minicnn.kernels.reference.conv2d_forward`: NumPy, one strided view and one matrix product per
 #    kernel tap ($K_H K_W = 9$ big operations instead of millions of small ones);
 # 3. `conv2d_loops_numba`: the loops of (1), compiled to machine code by Numba;
-# 4. `minicnn.kernels.numba_cpu.conv2d_forward` (minicnn's default backend): a Numba loop copies every
+# 4. `minicnn.kernels.numba.conv2d_forward` (minicnn's default backend): a Numba loop copies every
 #    receptive field into one row of a matrix (*im2col*, shape `(N*OH*OW, KH*KW*C)`), then one
 #    matrix product with the kernel reshaped to `(KH*KW*C, F)` does all the arithmetic in BLAS;
 #    except with a multiple of 32 filters, where a *register-tiled* Numba loop nest takes over
-#    (`minicnn/kernels/numba_tiles.py`, see below). Either way the batch is split into parts
+#    (`minicnn/kernels/numba/tiles.py`, see below). Either way the batch is split into parts
 #    that run side by side on several threads ("lanes", section 4.3).
 #
 # First: do they agree?
@@ -118,7 +120,7 @@ results = {
     "Python loops": conv2d_loops(x, w),
     "NumPy reference": reference.conv2d_forward(x, w, None),
     "Numba loops": conv2d_loops_numba(x, w),
-    "minicnn numba_cpu": numba_cpu.conv2d_forward(x, w, None),
+    "minicnn numba": fast.conv2d_forward(x, w, None),
 }
 for name, y in results.items():
     print(f"{name:18s} shape {y.shape}, max |difference from reference| = {np.abs(y - results['NumPy reference']).max():.1e}")
@@ -137,7 +139,7 @@ methods = {
     "Python loops": conv2d_loops,
     "NumPy reference": lambda x, w: reference.conv2d_forward(x, w, None),
     "Numba loops": conv2d_loops_numba,
-    "minicnn numba_cpu": lambda x, w: numba_cpu.conv2d_forward(x, w, None),
+    "minicnn numba": lambda x, w: fast.conv2d_forward(x, w, None),
 }
 python_up_to = 2 if SMOKE else 4
 times = {name: {} for name in methods}
@@ -157,11 +159,11 @@ for C in channels:
     print(f"{C:>4} " + " ".join(f"{times[name][C] * 1e3:>18.3f}" if C in times[name] else f"{'-':>18s}" for name in methods))
 C0 = python_up_to
 print(f"\nat C={C0}: NumPy is {times['Python loops'][C0] / times['NumPy reference'][C0]:,.0f}x, Numba loops "
-      f"{times['Python loops'][C0] / times['Numba loops'][C0]:,.0f}x, minicnn's numba_cpu "
-      f"{times['Python loops'][C0] / times['minicnn numba_cpu'][C0]:,.0f}x faster than Python loops")
-for C in (c for c in channels if numba_tiles.fits(c)):
-    print(f"at C={C} (register tiles): numba_cpu takes {times['minicnn numba_cpu'][C] / times['NumPy reference'][C]:.2f}x "
-          f"the reference's time, {times['minicnn numba_cpu'][C] / times['Numba loops'][C]:.2f}x the plain Numba loops'")
+      f"{times['Python loops'][C0] / times['Numba loops'][C0]:,.0f}x, minicnn's numba backend "
+      f"{times['Python loops'][C0] / times['minicnn numba'][C0]:,.0f}x faster than Python loops")
+for C in (c for c in channels if tiles.fits(c)):
+    print(f"at C={C} (register tiles): the numba backend takes {times['minicnn numba'][C] / times['NumPy reference'][C]:.2f}x "
+          f"the reference's time, {times['minicnn numba'][C] / times['Numba loops'][C]:.2f}x the plain Numba loops'")
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for name in methods:
@@ -179,13 +181,13 @@ plt.show()
 # nanoseconds each, and with one or two channels they are among the fastest (no intermediate
 # arrays, no call overhead). But as $C$ and $F$ grow they fall far behind the methods that hand the
 # arithmetic to BLAS, the NumPy reference (nine matrix products, one per kernel tap) and minicnn's
-# numba_cpu up to 16 filters (one big product after im2col): BLAS splits a matrix product into
+# the numba backend up to 16 filters (one big product after im2col): BLAS splits a matrix product into
 # blocks that stay in the CPU cache and uses SIMD instructions, which a straightforward loop nest
 # does not. Read the table for how close the two BLAS methods are on your machine.
 #
-# From 32 filters on, numba_cpu runs a loop nest that is not straightforward (how it then compares
+# From 32 filters on, the numba backend runs a loop nest that is not straightforward (how it then compares
 # with the reference is printed above; one thread, small images: the gap is larger on a full
-# training step, see `benchmarks/RESULTS.md`): `conv_pixels` in `minicnn/kernels/numba_tiles.py`
+# training step, see `benchmarks/RESULTS.md`): `conv_pixels` in `minicnn/kernels/tiles.py`
 # computes a *tile* of `JB` output pixels x `FB = 32` filters at a time, and keeps the tile's
 # running sums in the CPU's vector registers for the whole loop over the kernel's taps. Each step
 # loads `JB` input values and one row of 32 weights and does `JB * 32` multiply-adds; nothing is
@@ -198,9 +200,9 @@ plt.show()
 # in the inner loops.) That is the trick BLAS itself uses inside its matrix products.
 
 # %%
-print(f"this machine compiles for AVX-512: {numba_tiles._avx512()}; a forward tile is JB={numba_tiles.JB} pixels "
-      f"x FB={numba_tiles.FB} filters = {numba_tiles.JB * numba_tiles.FB} running sums")
-assert numba_tiles.JB == (6 if numba_tiles._avx512() else 3) and numba_tiles.FB == 32
+print(f"this machine compiles for AVX-512: {tiles._avx512()}; a forward tile is JB={tiles.JB} pixels "
+      f"x FB={tiles.FB} filters = {tiles.JB * tiles.FB} running sums")
+assert tiles.JB == (6 if tiles._avx512() else 3) and tiles.FB == 32
 #
 # ## 4.2 Memory layout and loop order
 #
@@ -275,7 +277,7 @@ print(f"NumPy's a @ b (BLAS): {t_blas * 1e3:.1f} ms")
 #
 # minicnn keeps Keras's layouts (NHWC data, `(KH, KW, C, F)` kernels) and orders its loops to match:
 # its im2col loop copies, for each kernel row, the `KW*C` values that lie next to each other in an
-# NHWC image as one contiguous run (read `_im2col` in `minicnn/kernels/numba_cpu.py`). A PyTorch
+# NHWC image as one contiguous run (read `_im2col` in `minicnn/kernels/fast.py`). A PyTorch
 # model's `(N, C, H, W)` data and `(F, C, KH, KW)` kernels would need the loops in another order.
 
 # %% [markdown]
@@ -372,7 +374,7 @@ assert lost > 0 or threads == 1, "the threads never ran at the same time in 30 s
 # minicnn's parallel kernels follow it. The convolution, pooling and Adam kernels split the batch
 # (or the array) into parts that own disjoint pieces of the output, the images `n0:n1` of `y` and
 # `dx`, and run the parts side by side on a few threads ("lanes", see the comments in
-# `minicnn/kernels/numba_cpu.py`). The kernel gradient, to which every image contributes, is
+# `minicnn/kernels/fast.py`). The kernel gradient, to which every image contributes, is
 # computed as one partial sum per part, and the parts' sums are added afterwards in part order:
 # exercise 3 below does the same. How the work is split is decided before any thread starts and
 # does not depend on `numba.set_num_threads`, so every element is summed in the same order and the
@@ -385,8 +387,8 @@ dy32 = rng.standard_normal((64, 12, 12, 8)).astype(np.float32)
 by_threads = {}
 for threads in sorted({1, numba.get_num_threads()}):
     numba.set_num_threads(threads)
-    by_threads[threads] = (numba_cpu.conv2d_backward_input(dy32, w32, x32.shape),       # parts own images of dx
-                           numba_cpu.conv2d_backward_weights(x32, dy32, (3, 3))[0])      # partial sums in part order
+    by_threads[threads] = (fast.conv2d_backward_input(dy32, w32, x32.shape),       # parts own images of dx
+                           fast.conv2d_backward_weights(x32, dy32, (3, 3))[0])      # partial sums in part order
 numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 first = by_threads[1]
 for threads, (dx, dw) in by_threads.items():
@@ -422,8 +424,8 @@ assert len(fresh.signatures) == 2
 # empty cache folder (made for this cell and deleted at its end, so a rerun compiles again).
 
 # %%
-code = ("import time; t = time.perf_counter(); from minicnn.kernels import numba_cpu; "
-        "numba_cpu.warmup(('float32',)); print(time.perf_counter() - t)")
+code = ("import time; t = time.perf_counter(); from minicnn.kernels import numba as fast; "
+        "fast.warmup(('float32',)); print(time.perf_counter() - t)")
 seconds = {}
 with tempfile.TemporaryDirectory(prefix="minicnn-04-cache-") as cache:
     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
@@ -434,7 +436,7 @@ with tempfile.TemporaryDirectory(prefix="minicnn-04-cache-") as cache:
         print(f"{label:22s}: {seconds[label]:.2f} s to import minicnn's Numba backend and run every kernel once")
     files = [p for p in Path(cache).rglob("*") if p.suffix in (".nbi", ".nbc")]
     print(f"cache: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB")
-print("minicnn's own cache folder:", numba_cpu.cache_dir())
+print("minicnn's own cache folder:", fast.cache_dir())
 assert files and seconds["filled cache (load)"] < seconds["empty cache (compile)"]
 
 # %% [markdown]
@@ -448,8 +450,46 @@ assert files and seconds["filled cache (load)"] < seconds["empty cache (compile)
 # an add may become one fused multiply-add, rounded once instead of twice; nothing is reordered.
 
 # %%
-print("numba_tiles fastmath:", numba_tiles.TILE_OPTIONS["fastmath"], "| numba_cpu fastmath:", numba_cpu.JIT_OPTIONS["fastmath"])
-assert numba_tiles.TILE_OPTIONS["fastmath"] == {"contract"} and numba_cpu.JIT_OPTIONS["fastmath"] is False
+print("tiles fastmath:", tiles.TILE_OPTIONS["fastmath"], "| other kernels' fastmath:", fast.JIT_OPTIONS["fastmath"])
+assert tiles.TILE_OPTIONS["fastmath"] == {"contract"} and fast.JIT_OPTIONS["fastmath"] is False
+
+# %% [markdown]
+# ## 4.5 Stepping through a kernel in a debugger: `NUMBA_DISABLE_JIT=1`
+#
+# A debugger cannot step into compiled machine code. Set the environment variable
+# `NUMBA_DISABLE_JIT=1` *before* Python starts (Numba reads it on import) and every `@njit` function
+# stays the plain Python function it was written as: a breakpoint inside `conv_pixels` in
+# `minicnn/kernels/numba/tiles.py` then stops there, and `print` works inside the loop. The numbers
+# are the same (up to the rounding of fused multiply-adds), only hundreds of times slower. minicnn's
+# register tiles keep their running sums in a small stack array that only compiled code has; without
+# the compiler a NumPy array stands in for it. Below, a fresh Python process runs minicnn's
+# 32-filter convolution with the compiler off, and we compare its output with the compiled one.
+#
+# ```
+# NUMBA_DISABLE_JIT=1 python -m pdb my_script.py      # then: b minicnn/kernels/numba/tiles.py:<line>
+# ```
+
+# %%
+xj = rng.standard_normal((2, 7, 7, 3))
+wj = rng.standard_normal((3, 3, 3, 32))
+plain = ("import sys, time, numpy as np, numba; from minicnn.kernels import numba as fast; "
+         "x, w = np.load(sys.argv[1]), np.load(sys.argv[2]); t = time.perf_counter(); "
+         "y = fast.conv2d_forward(x, w, None, activation='relu'); print(time.perf_counter() - t); "
+         "print('jit disabled:', bool(numba.config.DISABLE_JIT)); np.save(sys.argv[3], y)")
+with tempfile.TemporaryDirectory(prefix="minicnn-04-plain-") as folder:
+    paths = [str(Path(folder) / name) for name in ("x.npy", "w.npy", "y.npy")]
+    np.save(paths[0], xj)
+    np.save(paths[1], wj)
+    done = subprocess.run([sys.executable, "-c", plain, *paths], env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+                          capture_output=True, text=True, check=True)
+    y_plain = np.load(paths[2])
+seconds_plain, flag = done.stdout.splitlines()[:2]
+y_compiled = fast.conv2d_forward(xj, wj, None, activation="relu")
+print(flag, f"| plain Python: {float(seconds_plain) * 1e3:.0f} ms for {y_plain.size} outputs")
+print("largest difference from the compiled kernel:", np.abs(y_plain - y_compiled).max())
+assert "True" in flag and np.allclose(y_plain, y_compiled, rtol=1e-12, atol=1e-12)   # 27-term float64 sums: a few ulps apart
+
+# %% [markdown]
 #
 # ## Summary
 #
@@ -457,14 +497,15 @@ assert numba_tiles.TILE_OPTIONS["fastmath"] == {"contract"} and numba_cpu.JIT_OP
 #   operations. Numba: the loops themselves, compiled; fastest where no array operation fits.
 # - For the arithmetic of a convolution, one large matrix product (im2col + BLAS) beats any simple
 #   loop nest once there are more than a few channels; a loop nest that keeps a tile of outputs in
-#   registers (minicnn's `numba_tiles.py`) is how minicnn competes with BLAS at 32 filters and more.
+#   registers (minicnn's `tiles.py`) is how minicnn competes with BLAS at 32 filters and more.
 # - The innermost loop should walk along the last (contiguous) axis of the arrays it touches; the
 #   same code can be many times slower on the same values laid out differently.
 # - Split a loop only along an axis whose iterations own their outputs; otherwise additions get
 #   lost, silently and differently on each run. Sums that every iteration contributes to become
 #   per-part partial sums, added in a fixed order: the same bits for any thread count.
 # - Compilation costs a fraction of a second per function and type signature; `cache=True` keeps
-#   the machine code on disk for the next process.
+#   the machine code on disk for the next process. `NUMBA_DISABLE_JIT=1` turns it all back into
+#   plain Python that a debugger can step through.
 #
 # ## Exercises
 #

@@ -17,7 +17,7 @@ def default_settings():
     and floatx are restored afterwards. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
     backend, floatx = minicnn.get_backend(), minicnn.get_floatx()
     try:
-        importlib.import_module("minicnn.kernels.numba_cpu")
+        importlib.import_module("minicnn.kernels.numba")
     except ImportError:
         minicnn.set_backend("reference")
     clear_session()

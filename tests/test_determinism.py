@@ -1,6 +1,6 @@
 """The same seed gives the same bits whatever the thread count.
 
-The Numba kernels split their work into a fixed number of parts (``numba_cpu.PARTS``) chosen from
+The Numba kernels split their work into a fixed number of parts (``minicnn.kernels.numba.PARTS``) chosen from
 the shapes alone, and add the parts' partial sums in part order; how many threads run the parts
 must not change a single bit. Each run trains in a process of its own, because
 ``NUMBA_NUM_THREADS`` is read once, when Numba starts.

@@ -16,12 +16,15 @@ import pytest
 from helpers import assert_sums_close, conv_sums
 
 import minicnn
-from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as fast
+from minicnn.kernels.numba import im2col
+from minicnn.kernels.numba._threads import LANES
 from minicnn.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
 from minicnn.models import Sequential
 from minicnn.optimizers import SGD
 
-BACKENDS = {"reference": reference, "numba": numba_cpu}
+BACKENDS = {"reference": reference, "numba": fast}
 
 # (N, H, W, C, KH, KW, F, strides, padding): one channel, several, strides, 'same', 1x1,
 # and sizes big enough for the work to be split over lanes
@@ -33,7 +36,7 @@ CASES = [
     (2, 5, 5, 3, 1, 1, 4, (1, 1), "valid"),
     (6, 20, 19, 1, 3, 3, 8, (1, 1), "valid"),
     (6, 20, 19, 3, 3, 3, 8, (1, 1), "same"),
-    # multiples of 32 filters go to the register tiles (numba_tiles); the input gradient too
+    # multiples of 32 filters go to the register tiles (tiles); the input gradient too
     # with 32 channels (stride 1), or by a scatter for kernels of at most 32 taps (here 27, 18
     # and 6 above), otherwise through col2im (36 taps of 4 channels)
     (2, 7, 6, 3, 3, 3, 32, (1, 1), "valid"),
@@ -133,9 +136,9 @@ def test_conv_backward_over_many_chunks_and_lanes(monkeypatch):
     x, w, b, dy, kw = make((7, 9, 8, 3, 3, 3, 4, (1, 1), "same"), rng)
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
     expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
-    monkeypatch.setattr(numba_cpu, "COLS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(im2col, "COLS_BUDGET_BYTES", 1)
     sums = conv_sums(x, w, b, relu_grad(dy, y), **kw)
-    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
+    for name, a, e in zip(("dx", "dw", "db"), fast.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
         assert_conv_close(name, a, e, sums)
 
 
@@ -143,12 +146,12 @@ def test_backward_reuses_the_forward_im2col_matrix_only_for_the_same_input():
     rng = np.random.default_rng(8)
     x, w, b, dy, kw = make((4, 9, 8, 3, 3, 3, 4, (1, 1), "same"), rng, np.float32)
     workspace = {}
-    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
+    y = fast.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
     assert workspace["x"] is x and workspace["cols"].shape == (4 * 9 * 8, 27 + 1)   # + the ones column
     for inp in (x, x + 1):   # another input: the kept matrix must not be used
         expected = reference.conv2d_backward(dy, inp, w, relu_output=y, **kw)
         sums = conv_sums(inp, w, b, relu_grad(dy, y), **kw)
-        got = numba_cpu.conv2d_backward(dy, inp, w, relu_output=y, workspace=workspace, **kw)
+        got = fast.conv2d_backward(dy, inp, w, relu_output=y, workspace=workspace, **kw)
         for name, a, e in zip(("dx", "dw", "db"), got, expected):
             assert_conv_close(name, a, e, sums)
 
@@ -163,13 +166,13 @@ def test_tiled_conv_with_dilation_matches_reference(mode, dilation):
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
     dy = rng.standard_normal(y.shape)
     masked, plain = conv_sums(x, w, b, relu_grad(dy, y), **kw), conv_sums(x, w, b, dy, **kw)
-    assert_conv_close("y", numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw), y, masked)
+    assert_conv_close("y", fast.conv2d_forward(x, w, b, activation="relu", **kw), y, masked)
     expected = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
-    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
+    for name, a, e in zip(("dx", "dw", "db"), fast.conv2d_backward(dy, x, w, relu_output=y, **kw), expected):
         assert_conv_close(name, a, e, masked)
-    assert_conv_close("dx alone", numba_cpu.conv2d_backward_input(dy, w, x.shape, **kw),
+    assert_conv_close("dx alone", fast.conv2d_backward_input(dy, w, x.shape, **kw),
                       reference.conv2d_backward_input(dy, w, x.shape, **kw), plain)
-    for name, a, e in zip(("dw alone", "db alone"), numba_cpu.conv2d_backward_weights(x, dy, k, **kw),
+    for name, a, e in zip(("dw alone", "db alone"), fast.conv2d_backward_weights(x, dy, k, **kw),
                           reference.conv2d_backward_weights(x, dy, k, **kw)):
         assert_conv_close(name, a, e, plain)
 
@@ -177,16 +180,16 @@ def test_tiled_conv_with_dilation_matches_reference(mode, dilation):
 @pytest.mark.parametrize("case", [(30, 13, 13, 32, 3, 3, 32, (1, 1), "valid"), (1, 52, 52, 3, 3, 3, 32, (1, 1), "same")],
                          ids=["many small images per chunk", "rows of one big image per chunk"])
 def test_tiled_kernel_gradient_over_chunk_boundaries(case):
-    # numba_tiles.weight_grad sums CHUNK_PIXELS output pixels per pass: several images, or a
+    # tiles.weight_grad sums CHUNK_PIXELS output pixels per pass: several images, or a
     # few rows of one; both cases cross a chunk boundary here
-    from minicnn.kernels import numba_tiles
+    from minicnn.kernels.numba import tiles
 
     N, H, W = case[:3]
-    assert N * H * W > numba_tiles.CHUNK_PIXELS
+    assert N * H * W > tiles.CHUNK_PIXELS
     rng = np.random.default_rng(12)
     x, w, b, dy, kw = make(case, rng)
     sums = conv_sums(x, w, b, dy, **kw)
-    for name, a, e in zip(("dw", "db"), numba_cpu.conv2d_backward_weights(x, dy, w.shape[:2], **kw),
+    for name, a, e in zip(("dw", "db"), fast.conv2d_backward_weights(x, dy, w.shape[:2], **kw),
                           reference.conv2d_backward_weights(x, dy, w.shape[:2], **kw)):
         assert_conv_close(name, a, e, sums)
 
@@ -194,20 +197,22 @@ def test_tiled_kernel_gradient_over_chunk_boundaries(case):
 def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypatch):
     rng = np.random.default_rng(13)
     calls = []
-    tiled = numba_cpu._conv2d_forward_tiled
-    monkeypatch.setattr(numba_cpu, "_conv2d_forward_tiled", lambda *a: calls.append(a) or tiled(*a))
+    from minicnn.kernels.numba import conv
+
+    tiled = conv._forward_tiled
+    monkeypatch.setattr(conv, "_forward_tiled", lambda *a: calls.append(a) or tiled(*a))
     x, w, b, dy, kw = make((3, 6, 7, 32, 3, 3, 16, (1, 1), "same"), rng, np.float32)
-    numba_cpu.conv2d_forward(x, w, b, **kw)
+    fast.conv2d_forward(x, w, b, **kw)
     assert not calls   # 16 filters: im2col + BLAS
     x, w, b, dy, kw = make((3, 6, 7, 32, 3, 3, 32, (1, 1), "same"), rng, np.float32)
     workspace = {}
-    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
+    y = fast.conv2d_forward(x, w, b, activation="relu", workspace=workspace, **kw)
     assert len(calls) == 1
     assert workspace["x"] is x and workspace["xp"].shape == (3, 8, 9, 32)   # x with its 'same' padding
     np.testing.assert_array_equal(workspace["xp"][:, 1:-1, 1:-1], x)
     for other in (x, x + 1):   # the kept padded input serves only the same x
         expected = reference.conv2d_backward(dy, other, w, relu_output=y, **kw)
-        got = numba_cpu.conv2d_backward(dy, other, w, relu_output=y, workspace=workspace, **kw)
+        got = fast.conv2d_backward(dy, other, w, relu_output=y, workspace=workspace, **kw)
         sums = conv_sums(other, w, b, relu_grad(dy, y), **kw)
         for name, a, e in zip(("dx", "dw", "db"), got, expected):
             assert_conv_close(name, a, e, sums)
@@ -218,18 +223,20 @@ def test_tiles_serve_multiples_of_32_filters_and_keep_the_padded_input(monkeypat
 def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients(case):
     rng = np.random.default_rng(14)
     x, w, b, dy, kw = make(case, rng, np.float32)
-    y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
+    y = fast.conv2d_forward(x, w, b, activation="relu", **kw)
     assert y.shape == dy.shape
     want = reference.conv2d_backward(dy, x, w, relu_output=y, **kw)
-    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw), want):
+    for name, a, e in zip(("dx", "dw", "db"), fast.conv2d_backward(dy, x, w, relu_output=y, **kw), want):
         assert a.shape == e.shape and not a.any(), name
 
 
 _AVX2_SCRIPT = """
 from helpers import assert_sums_close, conv_sums
-from minicnn.kernels import conv_padding, numba_cpu, numba_tiles, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as fast
+from minicnn.kernels.numba import tiles
 import numpy as np
-assert (numba_tiles.JB, numba_tiles.SJB) == (3, 2), (numba_tiles.JB, numba_tiles.SJB)
+assert (tiles.JB, tiles.SJB) == (3, 2), (tiles.JB, tiles.SJB)
 rng = np.random.default_rng(15)
 for C, F, mode in ((32, 64, "same"), (3, 32, "valid")):
     x, w, b = rng.standard_normal((2, 7, 9, C)), rng.standard_normal((3, 3, C, F)), rng.standard_normal(F)
@@ -237,8 +244,8 @@ for C, F, mode in ((32, 64, "same"), (3, 32, "valid")):
     y = reference.conv2d_forward(x, w, b, activation="relu", **kw)
     dy = rng.standard_normal(y.shape)
     sums = conv_sums(x, w, b, dy * (y > 0), **kw)
-    assert_sums_close("y", numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw), y, *sums["y"])
-    for name, a, e in zip(("dx", "dw", "db"), numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw),
+    assert_sums_close("y", fast.conv2d_forward(x, w, b, activation="relu", **kw), y, *sums["y"])
+    for name, a, e in zip(("dx", "dw", "db"), fast.conv2d_backward(dy, x, w, relu_output=y, **kw),
                           reference.conv2d_backward(dy, x, w, relu_output=y, **kw)):
         assert_sums_close(name, a, e, *sums[name])
 print("ok")
@@ -260,7 +267,7 @@ def test_bad_activation_and_relu_output_shapes_raise():
         with pytest.raises(ValueError, match="activation"):
             m.conv2d_forward(x, w, None, activation="tanh")
     with pytest.raises(ValueError, match="relu_output"):
-        numba_cpu.conv2d_backward(np.zeros((1, 2, 2, 2)), x, w, relu_output=np.zeros((1, 2, 2, 3)))
+        fast.conv2d_backward(np.zeros((1, 2, 2, 2)), x, w, relu_output=np.zeros((1, 2, 2, 3)))
 
 
 # ----------------------------------------------------------------------------------------- dense
@@ -278,13 +285,13 @@ def test_dense_matches_reference(shape, dtype):
         y = reference.dense_forward(x, w, b, activation)
         y_sums = (ax @ aw + ab, D + 1)
         assert_sums_close("y reference", y, np.maximum(x @ w + b, 0) if activation else x @ w + b, *y_sums)
-        assert_sums_close("y", numba_cpu.dense_forward(x, w, b, activation), y, *y_sums)
+        assert_sums_close("y", fast.dense_forward(x, w, b, activation), y, *y_sums)
         relu_output = y if activation else None
         adz = np.abs(dy * (y > 0) if activation else dy).astype(np.float64)
         sums = dict(dx=(adz @ aw.T, U), dw=(ax.T @ adz, N), db=(adz.sum(axis=0), N))
         want = reference.dense_backward(dy, x, w, relu_output)
         for input_gradient in (True, False):
-            got = numba_cpu.dense_backward(dy, x, w, relu_output, input_gradient=input_gradient)
+            got = fast.dense_backward(dy, x, w, relu_output, input_gradient=input_gradient)
             assert (got[0] is None) == (not input_gradient)
             for name, a, e in zip(("dx", "dw", "db"), got, want):
                 if a is not None:
@@ -323,7 +330,7 @@ def test_adam_update_with_mixed_dtypes_falls_back_to_numpy():
     expected = [w32.copy(), np.zeros(5, np.float32), np.zeros(5, np.float32)]
     reference.adam_update(expected[0], g64, expected[1], expected[2], 0.1, 0.9, 0.999, 1e-7)
     got = [w32.copy(), np.zeros(5, np.float32), np.zeros(5, np.float32)]
-    numba_cpu.adam_update(got[0], g64, got[1], got[2], 0.1, 0.9, 0.999, 1e-7)
+    fast.adam_update(got[0], g64, got[1], got[2], 0.1, 0.9, 0.999, 1e-7)
     for a, e in zip(got, expected):
         np.testing.assert_array_equal(a, e)
 
@@ -331,9 +338,9 @@ def test_adam_update_with_mixed_dtypes_falls_back_to_numpy():
 # ----------------------------------------------------------------------------------------- threads
 @pytest.fixture
 def restore_threads():
-    before = numba_cpu.get_num_threads()
+    before = fast.get_num_threads()
     yield
-    numba_cpu.set_num_threads(before)
+    fast.set_num_threads(before)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
@@ -345,31 +352,31 @@ def test_new_kernels_do_not_depend_on_thread_count(restore_threads):
     dyd = rng.standard_normal((32, 16)).astype(np.float32)
     results = []
     for threads in (1, 2):
-        numba_cpu.set_num_threads(threads)
-        y = numba_cpu.conv2d_forward(x, w, b, activation="relu", **kw)
-        out = [y.copy(), *(a.copy() for a in numba_cpu.conv2d_backward(dy, x, w, relu_output=y, **kw))]
-        ty = numba_cpu.conv2d_forward(tx, tw, tb, activation="relu", **tkw)
-        out += [ty.copy(), *(a.copy() for a in numba_cpu.conv2d_backward(tdy, tx, tw, relu_output=ty, **tkw))]
-        yd = numba_cpu.dense_forward(xd, wd, None, "relu")
-        out += [yd.copy(), *(a.copy() for a in numba_cpu.dense_backward(dyd, xd, wd, yd))]
+        fast.set_num_threads(threads)
+        y = fast.conv2d_forward(x, w, b, activation="relu", **kw)
+        out = [y.copy(), *(a.copy() for a in fast.conv2d_backward(dy, x, w, relu_output=y, **kw))]
+        ty = fast.conv2d_forward(tx, tw, tb, activation="relu", **tkw)
+        out += [ty.copy(), *(a.copy() for a in fast.conv2d_backward(tdy, tx, tw, relu_output=ty, **tkw))]
+        yd = fast.dense_forward(xd, wd, None, "relu")
+        out += [yd.copy(), *(a.copy() for a in fast.dense_backward(dyd, xd, wd, yd))]
         p = [a.copy() for a in (wd, wd * 0, wd * 0)]
-        numba_cpu.adam_update(p[0], wd, p[1], p[2], 1e-3, 0.9, 0.999, 1e-7)
+        fast.adam_update(p[0], wd, p[1], p[2], 1e-3, 0.9, 0.999, 1e-7)
         results.append(out + p)
     for i, (a, b_) in enumerate(zip(*results)):
         assert np.array_equal(a, b_), f"result {i} differs between 1 and 2 threads"
 
 
 def test_an_error_in_one_lane_reaches_the_caller_and_the_lanes_keep_working(restore_threads):
-    numba_cpu.set_num_threads(numba_cpu.MAX_LANES)
+    fast.set_num_threads(fast.MAX_LANES)
 
     def part(k):
-        if k == numba_cpu.PARTS - 1:
+        if k == fast.PARTS - 1:
             raise ValueError(f"part {k} failed")
         return k
 
     with pytest.raises(ValueError, match="failed"):
-        numba_cpu._LANES.run(part, numba_cpu.PARTS, work=10**9)
-    assert numba_cpu._LANES.run(lambda k: 2 * k, numba_cpu.PARTS, work=10**9) == [2 * k for k in range(numba_cpu.PARTS)]
+        LANES.run(part, fast.PARTS, work=10**9)
+    assert LANES.run(lambda k: 2 * k, fast.PARTS, work=10**9) == [2 * k for k in range(fast.PARTS)]
 
 
 # ----------------------------------------------------------------------------------------- buffer reuse
@@ -377,14 +384,14 @@ def test_arrays_a_caller_keeps_are_never_reused():
     rng = np.random.default_rng(6)
     x1, x2 = rng.standard_normal((2, 8, 30, 30, 4)).astype(np.float32)   # outputs of 112 KB .. 900 KB
     w = rng.standard_normal((3, 3, 4, 64)).astype(np.float32)
-    y1 = numba_cpu.conv2d_forward(x1, w, None)
+    y1 = fast.conv2d_forward(x1, w, None)
     kept = y1.copy()
     view = y1[1:3]   # a view keeps its base alive
-    pooled, argmax = numba_cpu.maxpool2d_forward(y1, (2, 2), (2, 2))
+    pooled, argmax = fast.maxpool2d_forward(y1, (2, 2), (2, 2))
     pooled_copy = pooled.copy()
     del y1
-    y2 = numba_cpu.conv2d_forward(x2, w, None)   # same shape: must not land in y1's memory
-    numba_cpu.maxpool2d_forward(y2, (2, 2), (2, 2))
+    y2 = fast.conv2d_forward(x2, w, None)   # same shape: must not land in y1's memory
+    fast.maxpool2d_forward(y2, (2, 2), (2, 2))
     np.testing.assert_array_equal(view, kept[1:3])
     np.testing.assert_array_equal(pooled, pooled_copy)
     assert not np.shares_memory(y2, view)
@@ -393,8 +400,8 @@ def test_arrays_a_caller_keeps_are_never_reused():
 def test_arrays_no_one_holds_are_reused():
     x = np.ones((8, 30, 30, 4), np.float32)
     w = np.ones((3, 3, 4, 64), np.float32)
-    address = numba_cpu.conv2d_forward(x, w, None).ctypes.data   # dropped at once
-    assert numba_cpu.conv2d_forward(x, w, None).ctypes.data == address
+    address = fast.conv2d_forward(x, w, None).ctypes.data   # dropped at once
+    assert fast.conv2d_forward(x, w, None).ctypes.data == address
 
 
 # ----------------------------------------------------------------------------------------- layers and model

@@ -13,9 +13,11 @@ from helpers import assert_sums_close, conv_sums, pool_problems
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as fast
+from minicnn.kernels.numba import _runtime, im2col
 
-BACKENDS = {"reference": reference, "numba": numba_cpu}
+BACKENDS = {"reference": reference, "numba": fast}
 
 # (N, H, W, C, KH, KW, F, strides, padding, dilation); padding 'valid' or 'same' as in Keras
 CONV_CASES = [
@@ -164,7 +166,7 @@ def test_reference_conv_forward_matches_a_naive_loop():
 
 def assert_conv_backends_agree(x, w, b, dy, kw):
     expected = conv_all(reference, x, w, b, dy, kw)
-    actual = conv_all(numba_cpu, x, w, b, dy, kw)
+    actual = conv_all(fast, x, w, b, dy, kw)
     for name, (abs_sum, n_terms) in conv_sums(x, w, b, dy, **kw).items():
         assert actual[name].dtype == expected[name].dtype, name
         assert_sums_close(name, actual[name], expected[name], abs_sum, n_terms)
@@ -172,7 +174,7 @@ def assert_conv_backends_agree(x, w, b, dy, kw):
 
 def assert_pool_backends_agree(x, dy, kw):
     expected = pool_all(reference, x, dy, kw)
-    actual = pool_all(numba_cpu, x, dy, kw)
+    actual = pool_all(fast, x, dy, kw)
     np.testing.assert_array_equal(actual["argmax"], expected["argmax"], err_msg="argmax")
     np.testing.assert_array_equal(actual["y"], expected["y"], err_msg="y")  # a max is exact
     assert_sums_close("dx", actual["dx"], expected["dx"], *maxpool_dx_sums(dy, expected["argmax"], x.shape, kw))
@@ -204,13 +206,13 @@ def test_numba_conv_is_chunked_like_a_single_pass(monkeypatch):
     # a tiny im2col budget forces one image per chunk (and the dw sum over chunks)
     rng = np.random.default_rng(6)
     x, w, b, dy, kw = make_conv((4, 6, 5, 2, 3, 3, 3, (1, 2), "same", (1, 1)), rng)
-    monkeypatch.setattr(numba_cpu, "COLS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(im2col, "COLS_BUDGET_BYTES", 1)
     assert_conv_backends_agree(x, w, b, dy, kw)
 
 
 @st.composite
 def conv_problems(draw):
-    # 32 channels or filters reach numba_cpu's register tiles (numba_tiles.py)
+    # 32 channels or filters reach the register tiles (numba/tiles.py)
     N, C, F = draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 3, 32])), draw(st.sampled_from([1, 2, 3, 32]))
     H, W = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -353,9 +355,9 @@ def test_maxpool_tie_rule_matches_pytorch(name, pool_size, strides, padding):
 
 @pytest.fixture
 def restore_threads():
-    before = numba_cpu.get_num_threads()
+    before = fast.get_num_threads()
     yield
-    numba_cpu.set_num_threads(before)
+    fast.set_num_threads(before)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
@@ -365,9 +367,9 @@ def test_numba_results_do_not_depend_on_thread_count(restore_threads):
     xp, dyp, kwp = make_pool((5, 11, 9, 3, (3, 3), (2, 2), "same"), rng, np.float32)
     results = []
     for threads in (1, 2):
-        numba_cpu.set_num_threads(threads)
-        assert numba_cpu.get_num_threads() == threads
-        results.append({**conv_all(numba_cpu, x, w, b, dy, kw), **pool_all(numba_cpu, xp, dyp, kwp)})
+        fast.set_num_threads(threads)
+        assert fast.get_num_threads() == threads
+        results.append({**conv_all(fast, x, w, b, dy, kw), **pool_all(fast, xp, dyp, kwp)})
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), f"{name} differs between 1 and 2 threads"
 
@@ -442,7 +444,7 @@ def test_conv_without_bias_equals_zero_bias():
 
 
 def test_cache_dir_is_reported():
-    path = numba_cpu.cache_dir()
+    path = fast.cache_dir()
     assert path is None or isinstance(path, str)
     if os.environ.get("NUMBA_CACHE_DIR"):
         assert path == os.environ["NUMBA_CACHE_DIR"]
@@ -451,7 +453,7 @@ def test_cache_dir_is_reported():
 def test_cache_falls_back_to_a_writable_folder(monkeypatch):
     # a read-only install: the package folder is not writable, the user's cache folder is
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    monkeypatch.setattr(numba_cpu, "_can_write", lambda path: path != numba_cpu._IN_TREE_CACHE)
-    assert numba_cpu._fallback_cache_dir().endswith(os.path.join("minicnn", "numba"))
+    monkeypatch.setattr(_runtime, "_can_write", lambda path: path != _runtime._IN_TREE_CACHE)
+    assert _runtime._fallback_cache_dir().endswith(os.path.join("minicnn", "numba"))
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere/chosen")  # the user's choice wins
-    assert numba_cpu._fallback_cache_dir() is None
+    assert _runtime._fallback_cache_dir() is None

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import activations, gradcheck, regularizers
 from minicnn.gradcheck import numerical_gradient, rel_error
-from minicnn.kernels import conv_padding, numba_cpu, reference
+from minicnn.kernels import conv_padding, reference
+from minicnn.kernels import numba as fast
 from minicnn.layers import (
     ELU,
     Activation,
@@ -40,7 +41,7 @@ from minicnn.layers import (
     serialize,
 )
 
-BACKENDS = {"reference": reference, "numba": numba_cpu}
+BACKENDS = {"reference": reference, "numba": fast}
 
 
 def assert_close(name, actual, expected, rtol, atol=0.0):
@@ -325,7 +326,7 @@ def bn_bounds(x, gamma, beta, dy, eps, r_mean, r_var):
 
 
 def assert_avgpool_backends_agree(x, dy, kw):
-    expected, actual = avgpool_all(reference, x, dy, kw), avgpool_all(numba_cpu, x, dy, kw)
+    expected, actual = avgpool_all(reference, x, dy, kw), avgpool_all(fast, x, dy, kw)
     for name, (abs_sum, n_terms) in avgpool_sums(x, dy, kw).items():
         assert actual[name].dtype == expected[name].dtype, name
         assert_sums_close(name, actual[name], expected[name], abs_sum, n_terms)
@@ -334,7 +335,7 @@ def assert_avgpool_backends_agree(x, dy, kw):
 def assert_bn_backends_agree(x, gamma, beta, dy, eps=1e-3):
     # the two backends sum M rows in different orders (NumPy pairwise in the dtype of x, Numba
     # in float64 blocks); dx is a difference of terms that can cancel almost exactly (M = 2)
-    (expected, stats), (actual, _) = bn_all(reference, x, gamma, beta, dy, eps), bn_all(numba_cpu, x, gamma, beta, dy, eps)
+    (expected, stats), (actual, _) = bn_all(reference, x, gamma, beta, dy, eps), bn_all(fast, x, gamma, beta, dy, eps)
     bounds = bn_bounds(x, gamma, beta, dy, eps, *stats)
     for name, value in expected.items():
         assert actual[name].dtype == value.dtype, name
@@ -396,9 +397,9 @@ def test_numba_batchnorm_matches_reference_on_random_problems(shape, N, C, offse
 
 @pytest.fixture
 def restore_threads():
-    before = numba_cpu.get_num_threads()
+    before = fast.get_num_threads()
     yield
-    numba_cpu.set_num_threads(before)
+    fast.set_num_threads(before)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
@@ -409,8 +410,8 @@ def test_new_numba_kernels_do_not_depend_on_thread_count(restore_threads):
     px, pdy, pkw = make_avgpool(((5, 11, 9, 3), 3, 2, "same"), rng, np.float32)
     results = []
     for threads in (1, 2):
-        numba_cpu.set_num_threads(threads)
-        results.append({**bn_all(numba_cpu, x, gamma, beta, dy, 1e-3)[0], **avgpool_all(numba_cpu, px, pdy, pkw)})
+        fast.set_num_threads(threads)
+        results.append({**bn_all(fast, x, gamma, beta, dy, 1e-3)[0], **avgpool_all(fast, px, pdy, pkw)})
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), f"{name} differs between 1 and 2 threads"
 

@@ -3,9 +3,10 @@
 Every function here is written to be read. A convolution is computed one kernel offset
 ``(u, v)`` at a time: for a fixed offset, every output pixel reads the same strided view of
 the padded input, so the whole offset is one matrix product ``patch @ w[u, v]``. The Numba
-backend (``numba_cpu.py``) computes the same numbers with a different algorithm (im2col and
-one big matrix product); the tests check the two against each other, against finite
-differences and against PyTorch.
+backend (``minicnn/kernels/numba/``) computes the same numbers with other algorithms (register
+tiles, or im2col and one big matrix product); the tests check the two against each other,
+against finite differences and against PyTorch. Shape arithmetic and argument checks live in
+``shapes.py``.
 
 Conventions shared by both backends:
 
@@ -19,10 +20,17 @@ Conventions shared by both backends:
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import output_size
-
-FLOAT_DTYPES = (np.float32, np.float64)
-
+from .shapes import (  # noqa: F401  (the checks are re-exported: both backends raise the same errors)
+    FLOAT_DTYPES,
+    check_activation,
+    check_batchnorm_args,
+    check_conv2d_args,
+    check_dy,
+    check_float,
+    check_pool2d_args,
+    conv2d_output_hw,
+    pool2d_output_hw,
+)
 
 # ----------------------------------------------------------------------------------------
 # Convolution
@@ -389,7 +397,7 @@ def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
 
 
 # ----------------------------------------------------------------------------------------
-# Helpers (shared with numba_cpu.py, so both backends raise the same errors)
+# Helpers
 # ----------------------------------------------------------------------------------------
 
 
@@ -397,80 +405,6 @@ def pad_hw(x, padding, value=0.0):
     """Pad the two spatial axes of an NHWC array with a constant (the batch and channels not)."""
     (pt, pb), (pl, pr) = padding
     return np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=value)
-
-
-def conv2d_output_hw(x_shape, kernel_hw, strides, padding, dilation=(1, 1)):
-    """``(OH, OW)`` of a convolution (see :func:`minicnn.kernels.output_size`)."""
-    return tuple(
-        output_size(n, k, s, p, d)
-        for n, k, s, p, d in zip(x_shape[1:3], kernel_hw, strides, padding, dilation, strict=True)
-    )
-
-
-def pool2d_output_hw(x_shape, pool_size, strides, padding):
-    """``(OH, OW)`` of a pooling window sliding over ``x``."""
-    return conv2d_output_hw(x_shape, pool_size, strides, padding)
-
-
-def _check_geometry(op, x_shape, window, strides, padding, dilation):
-    if len(x_shape) != 4:
-        raise ValueError(f"{op}: Expected an input of shape (N, H, W, C). Received: shape={tuple(x_shape)}")
-    for name, pair in (("window", window), ("strides", strides), ("dilation", dilation)):
-        if len(pair) != 2 or any(int(s) != s or s < 1 for s in pair):
-            raise ValueError(f"{op}: Expected `{name}` to be 2 positive integers. Received: {name}={pair}")
-    if len(padding) != 2 or any(len(p) != 2 or min(p) < 0 for p in padding):
-        raise ValueError(
-            f"{op}: Expected `padding` as ((top, bottom), (left, right)) of non-negative integers. "
-            f"Received: padding={padding}"
-        )
-    out_hw = conv2d_output_hw(x_shape, window, strides, padding, dilation)
-    if min(out_hw) < 1:
-        raise ValueError(
-            f"{op}: the window {tuple(window)} (dilation {tuple(dilation)}) does not fit in the padded input. "
-            f"Received: input shape={tuple(x_shape)}, padding={padding}"
-        )
-
-
-def check_conv2d_args(op, x_shape, w_shape, strides, padding, dilation):
-    """Raise ValueError unless a convolution of these shapes and settings is well defined."""
-    if len(w_shape) != 4:
-        raise ValueError(f"{op}: Expected a kernel of shape (KH, KW, C, F). Received: shape={tuple(w_shape)}")
-    _check_geometry(op, x_shape, w_shape[:2], strides, padding, dilation)
-    if x_shape[3] != w_shape[2]:
-        raise ValueError(
-            f"{op}: Expected the kernel's input channels to match the input's. "
-            f"Received: input shape={tuple(x_shape)}, kernel shape={tuple(w_shape)}"
-        )
-
-
-def check_dy(op, dy_shape, x_shape, w_shape, strides, padding, dilation):
-    """Raise ValueError unless ``dy`` has the shape the forward pass would have produced."""
-    expected = (x_shape[0], *conv2d_output_hw(x_shape, w_shape[:2], strides, padding, dilation), w_shape[3])
-    if tuple(dy_shape) != expected:
-        raise ValueError(f"{op}: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy_shape)}")
-
-
-def check_pool2d_args(op, x_shape, pool_size, strides, padding):
-    """Raise ValueError unless max-pooling with these settings is well defined."""
-    _check_geometry(op, x_shape, pool_size, strides, padding, (1, 1))
-    # a pad as wide as the pool would make windows of padding only, whose max is -inf
-    if any(p >= k for pair, k in zip(padding, pool_size, strict=True) for p in pair):
-        raise ValueError(
-            f"{op}: Expected each pad to be smaller than the pool. "
-            f"Received: pool_size={tuple(pool_size)}, padding={padding}"
-        )
-
-
-def check_activation(op, activation):
-    """Raise ValueError unless ``activation`` is one a kernel can fuse (None or 'relu')."""
-    if activation not in (None, "relu"):
-        raise ValueError(f"{op}: Expected `activation` None or 'relu'. Received: activation={activation!r}")
-
-
-def check_float(op, name, a):
-    """Raise TypeError unless ``a`` holds float32 or float64 numbers."""
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: Expected `{name}` of dtype float32 or float64. Received: dtype={a.dtype}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -658,16 +592,3 @@ def batchnorm_backward(dy, x, gamma, mean, var, epsilon):
     dgamma = (dy2 * xhat).sum(axis=0)
     dx = gamma.astype(dtype, copy=False) * inv_std * (dy2 - dbeta / M - xhat * (dgamma / M))
     return dx.reshape(x.shape), dgamma, dbeta
-
-
-def check_batchnorm_args(op, x_shape, gamma, beta, epsilon):
-    """Raise ValueError unless batch normalisation of ``x_shape`` with these parameters is defined."""
-    if len(x_shape) < 2 or 0 in x_shape:
-        raise ValueError(f"{op}: Expected a non-empty input of shape (N, ..., C). Received: shape={tuple(x_shape)}")
-    for name, a in (("gamma", gamma), ("beta", beta)):
-        if np.shape(a) != (x_shape[-1],):
-            raise ValueError(
-                f"{op}: Expected `{name}` of shape ({x_shape[-1]},), one per channel. Received: {name}.shape={np.shape(a)}"
-            )
-    if not np.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"{op}: Expected `epsilon` >= 0. Received: epsilon={epsilon!r}")

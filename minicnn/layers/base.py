@@ -216,6 +216,20 @@ class Layer:
         dz = dy if self.activation is None or self.activation_is_fused else self.activation.backward(dy)
         return self._backward(dz)
 
+    def backward_from_logits(self, dz):
+        """Given ``dz = dL/dz`` for ``z`` the output *before* the activation (the logits, for softmax),
+        fill ``self.grads`` and return ``dL/dx``: :meth:`backward` without the activation's derivative.
+
+        The softmax + cross-entropy fusion uses it: the loss gives ``dL/dz = (p - y) / N`` directly,
+        which is cheaper and more accurate than the softmax Jacobian applied to ``dL/dp``.
+        """
+        return self._backward(dz)
+
+    @property
+    def build_dtype(self):
+        """The dtype :meth:`build` gives this layer: its ``dtype`` argument, else the current floatx."""
+        return self._dtype_arg or config.get_floatx()
+
     @property
     def activation_is_fused(self):
         """True when ``_forward`` applies the activation itself (and ``_backward`` differentiates it)."""

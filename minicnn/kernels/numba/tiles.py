@@ -1,6 +1,6 @@
 """Register-tiled convolution loops: the Numba backend's fast path for 32, 64, ... filters.
 
-``numba_cpu`` turns a convolution into im2col + one BLAS product, which wastes time twice at
+The im2col route (``im2col.py``) turns a convolution into one BLAS product, which wastes time twice at
 the shapes of small CNNs: building the im2col matrix costs as much as the product, and
 OpenBLAS runs products with only 32 or 64 columns (or 27 rows, for RGB input) far below
 its peak. The loops here skip the matrix and compute the convolution directly, a small
@@ -9,8 +9,7 @@ block of the output at a time, with the whole block held in CPU registers:
 - :func:`conv_pixels` (forward, and the input gradient of a stride-1 convolution): a tile
   is ``JB`` neighbouring output pixels x ``FB`` filters; for every tap ``(u, v, c)`` of the
   kernel it loads ``JB`` input values and one row of ``FB`` weights and does ``JB * FB``
-  multiply-adds. With ``JB = 6``, ``FB = 32`` that is 12 AVX-512 registers of float32 sums,
-  8 loads for 12 fused multiply-adds.
+  multiply-adds. With ``JB = 6``, ``FB = 32`` that is 12 AVX-512 registers of float32 sums.
 - :func:`input_grad_scatter`: the input gradient of a kernel with at most ``FB`` taps
   (a 3x3 kernel on RGB or grey images has 27 or 9): a tile is ``SJB`` output pixels x the
   ``FB`` taps of their windows, ``dz[pixel] @ w2d.T``, then added onto the input pixels.
@@ -18,27 +17,21 @@ block of the output at a time, with the whole block held in CPU registers:
   summed over every output pixel of a few image rows.
 
 The tile lives in a small array on the stack (:func:`_stack_array`): nothing else can point
-into it, so LLVM keeps it in registers for the whole loop over taps or pixels. (A NumPy
+into it, so LLVM keeps it in registers for the whole loop over taps or pixels (a NumPy
 array made with ``np.empty`` lives on the heap, and LLVM reloads and stores it at every
-step: four times slower, measured.) The innermost loop runs over the ``FB`` filters, which
+step). The innermost loop runs over the ``FB`` filters, which
 LLVM turns into vector instructions because ``FB`` is a constant.
 
-What else made a difference, measured on one core at 13x13x32 -> 64, batch 128:
+What else made a difference (measured: ``benchmarks/RESULTS.md``, "What made the Numba path fast"):
 
 - Indices into the flattened arrays are unsigned (``np.uint64``): Numba then drops its test
-  for negative (wrap-around) indices, a few instructions per load (kernel gradient 5.4 -> 3.4 ms).
+  for negative (wrap-around) indices, a few instructions per load.
 - A tile's pixels advance by counters, not by a division per pixel (and a tile may run on into
   the next image row, so no tile is wasted at the end of a row).
 - Numba runs LLVM's loop vectorizer but not its SLP vectorizer, after fully unrolling small
   constant loops: a loop over ``FB`` alone (zeroing a tile) becomes 32 scalar instructions.
   Only loops with a body big enough (``FB`` with the ``JB`` or ``KB`` loop inside) stay loops
-  and get vectorized. So tile sizes are chosen by measurement, and speed is not monotonic in
-  them (``KB`` from 6 to 12 ran at 60 to 170 GFLOP/s).
-
-Measured on one core of the AVX-512 machine of ``benchmarks/RESULTS.md``: 200 GFLOP/s for 128
-images of 13x13x32 -> 64 filters forward, 175 for the kernel gradient (im2col + OpenBLAS:
-about 80); 224x224x3 -> 32: 105 forward, 80 input gradient, 130 kernel gradient. Compiled for
-AVX2 on the same core (smaller tiles, see ``JB``): 117 forward, 60 kernel gradient at 13x13.
+  and get vectorized. So tile sizes are chosen by measurement, and speed is not monotonic in them.
 
 Sums are taken in a fixed order (taps in ``(u, v, c)`` order for an output; pixels in row
 order for a kernel gradient), so results do not depend on the thread count. ``fastmath``
@@ -48,11 +41,11 @@ rounding instead of two); nothing is reordered and NaN and inf behave as usual.
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import carray, njit, types
+from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from .numba_cpu import _CACHE_OK  # numba_cpu imports this module once it has set up the cache
+from ._runtime import CACHE_OK
 
 
 def _avx512():
@@ -65,9 +58,8 @@ def _avx512():
 
 
 # Tile sizes, measured best on the AVX-512 machine of benchmarks/RESULTS.md; the AVX2 ones by
-# compiling for Haswell there (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=''): with the AVX-512
-# sizes, AVX2's 16 registers cannot hold a tile and the forward pass ran at 51 GFLOP/s, with
-# these at 118. (Numba's cache is per CPU target, so each machine compiles its own.)
+# compiling for Haswell there (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=''): AVX2's 16
+# registers cannot hold an AVX-512 tile. (Numba's cache is per CPU target: each compiles its own.)
 FB = 32  # filters per tile: two AVX-512 registers (four AVX2 ones) of float32
 JB = 6 if _avx512() else 3  # output pixels per forward tile: JB * FB / 16 = 12 AVX-512 registers of sums
 KB = 9  # kernel taps per weight-gradient tile: 18 AVX-512 registers of sums (a 3x3 kernel row of RGB)
@@ -83,9 +75,12 @@ def fits(n_filters):
 def _stack_array(size):
     """A jitted ``f(dtype)`` returning a pointer to ``size`` uninitialised values on the stack.
 
-    Wrap it with ``numba.carray`` to index it. Numba has no stack arrays for the CPU (only
+    Wrap it with ``carray`` to index it. Numba has no stack arrays for the CPU (only
     ``cuda.local.array``), so this allocates one (an LLVM ``alloca``) with an intrinsic.
+    With ``NUMBA_DISABLE_JIT=1`` (plain Python, for a debugger) a NumPy array stands in for it.
     """
+    if config.DISABLE_JIT:
+        return lambda dtype: np.empty(size, dtype)
 
     @intrinsic
     def stack(typingctx, dtype):
@@ -98,6 +93,14 @@ def _stack_array(size):
     return stack
 
 
+if config.DISABLE_JIT:
+    def carray(array, shape):
+        """Plain Python's stand-in for ``numba.carray``: the array above, in that shape."""
+        return array.reshape(shape)
+else:
+    from numba import carray
+
+
 _tile_of_outputs = _stack_array(JB * FB)
 _tile_of_inputs = _stack_array(JB)
 _pixel_corners = _stack_array(JB)
@@ -108,7 +111,7 @@ _scatter_corners = _stack_array(SJB)
 _scatter_sources = _stack_array(SJB)
 _tap_offsets = _stack_array(KB)
 
-TILE_OPTIONS = dict(cache=_CACHE_OK, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
+TILE_OPTIONS = dict(cache=CACHE_OK, nogil=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
 
 
 def pack(w2d):
