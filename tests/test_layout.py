@@ -57,7 +57,7 @@ def test_no_module_imports_one_that_imports_it_back():
 def test_the_readme_map_of_the_code_names_existing_files():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("## How the code is laid out", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
-    names = re.findall(r"[\w/]+\.py|[\w]+/(?=\s)", block.split("\n", 1)[1])   # below the line "minicnn/"
+    names = re.findall(r"[\w/]+\.py|[\w/]+/(?=\s)", block.split("\n", 1)[1])   # below the line "minicnn/"
     assert len(names) > 10, block
     missing, folder = [], None
     for n in names:   # a bare file name may also belong to the folder named last ("kernels/numba/ ... conv.py")
