@@ -135,7 +135,8 @@ def test_to_torch_then_from_torch_round_trips(name):
     assert back.output_shape == model.output_shape
     for a, b in zip(model.get_weights(), back.get_weights()):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(back.predict(x, verbose=0), model.predict(x, verbose=0), rtol=0, atol=1e-14)
+    # the same layers with the same weights run the same kernels: the same bits
+    np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_a_trained_model_round_trips_with_equal_predictions():
@@ -211,7 +212,9 @@ def test_from_torch_reads_a_plain_pytorch_model():
     bn = model.layers[1]
     assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
     x = rng.standard_normal((4, 6, 6, 2))
-    np.testing.assert_allclose(model.predict(x, verbose=0), torch_predict(net, x), rtol=0, atol=1e-12)
+    exact, bound = model_forward_bound(model, x, np.float64)   # float64 kernels, sums in other orders
+    assert_within("minicnn", model.predict(x, verbose=0), exact, bound)
+    assert_within("PyTorch", torch_predict(net, x), exact, bound)
 
 
 def test_batchnorm_settings_map_both_ways():
