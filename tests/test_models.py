@@ -16,7 +16,21 @@ from minicnn.models import Sequential
 from minicnn.optimizers import SGD, Adam
 from minicnn.utils import clear_session, set_random_seed, to_categorical
 
+from helpers import assert_within, model_forward_bound
+
 pytestmark = pytest.mark.usefixtures("default_settings")
+
+# Losses compared in float64, where the point is the arithmetic of the means (batch weights, penalties),
+# not float32 rounding: the computations differ only in the order of their sums (of at most ~50 terms
+# each, through a few layers), a few hundred float64 ulps at most: 1e-13 is ~450 ulps of the loss.
+FLOAT64_REL = 1e-13
+
+
+def assert_same_predictions(name, model, x, *predictions):
+    """Each prediction within the float32 bound derived from the model's sums (tests/helpers.py)."""
+    exact, bound = model_forward_bound(model, x, model.layers[0].dtype)
+    for i, p in enumerate(predictions):
+        assert_within(f"{name} [{i}]", p, exact, bound)
 
 
 def small_cnn(input_shape=(8, 8, 1), classes=3, activation="softmax", input_layer=True):
@@ -141,7 +155,7 @@ def test_call_equals_predict():
     rng = np.random.default_rng(11)
     model = small_cnn()
     x = rng.random((7, 8, 8, 1)).astype(np.float32)
-    np.testing.assert_allclose(model(x), model.predict(x, batch_size=3, verbose=0), rtol=1e-6)
+    assert_same_predictions("call, predict", model, x, model(x), model.predict(x, batch_size=3, verbose=0))
 
 
 # ====================================================================================== weights and config
@@ -252,23 +266,25 @@ def test_model_gradients_match_finite_differences(loss, activation, classes, tar
 
 def test_compute_gradients_changes_no_weights_and_matches_compute_loss():
     rng = np.random.default_rng(15)
+    minicnn.set_floatx("float64")
     model, x, y = trained(rng)
     before = snapshot(model)
     loss = model.compute_gradients(x, y)
-    assert loss == pytest.approx(model.compute_loss(x, y, training=True), rel=1e-6)
-    assert loss == pytest.approx(model.evaluate(x, y, verbose=0, batch_size=len(x))[0], rel=1e-5)
+    assert loss == pytest.approx(model.compute_loss(x, y, training=True), rel=FLOAT64_REL)
+    assert loss == pytest.approx(model.evaluate(x, y, verbose=0, batch_size=len(x))[0], rel=FLOAT64_REL)
     assert_unchanged(model, before)
     assert all(np.any(g != 0) for layer in model.layers for g in layer.grads.values())
 
 
 def test_regularization_penalty_is_added_to_the_reported_loss():
     rng = np.random.default_rng(16)
+    minicnn.set_floatx("float64")
     model = Sequential([Input(shape=(4,)), Dense(2, activation="softmax", kernel_regularizer=minicnn.regularizers.l2(0.5))])
     model.compile("sgd", "sparse_categorical_crossentropy")
     x, y = rng.random((6, 4)), rng.integers(0, 2, 6)
     plain = losses.get("sparse_categorical_crossentropy")(y, model.predict(x, verbose=0))
     penalty = 0.5 * np.sum(model.layers[0].params["kernel"] ** 2)
-    assert model.evaluate(x, y, verbose=0) == pytest.approx(plain + penalty, rel=1e-5)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(plain + penalty, rel=FLOAT64_REL)
 
 
 # ====================================================================================== PyTorch parity
@@ -439,12 +455,13 @@ def test_training_logs_are_batch_size_weighted_means():
     # With a learning rate of 0 the weights never move, so the epoch's running mean over batches
     # of sizes 4, 4, 2 must equal the loss over all 10 samples.
     rng = np.random.default_rng(22)
+    minicnn.set_floatx("float64")
     x, y = signal_data(rng, n=10)
     model = small_cnn()
     model.compile(SGD(0.0), "sparse_categorical_crossentropy", ["accuracy"])
     history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     loss, acc = model.evaluate(x, y, batch_size=10, verbose=0)
-    assert history.history["loss"][0] == pytest.approx(loss, rel=1e-6)
+    assert history.history["loss"][0] == pytest.approx(loss, rel=FLOAT64_REL)
     assert history.history["accuracy"][0] == pytest.approx(acc)
 
 
@@ -535,6 +552,7 @@ class BatchList:
 
 def test_fit_evaluate_predict_on_reiterable_datasets():
     rng = np.random.default_rng(28)
+    minicnn.set_floatx("float64")
     x, y = signal_data(rng, n=20)
     train, val = BatchList(x[:14], y[:14], 4), BatchList(x[14:], y[14:], 4)
     model = small_cnn(input_layer=False)   # built from the first batch
@@ -543,9 +561,10 @@ def test_fit_evaluate_predict_on_reiterable_datasets():
     assert train.iterations == 3 and val.iterations == 3
     assert history.params["steps"] == 4 and len(history.history["val_loss"]) == 3
     loss, acc = model.evaluate(val, verbose=0)
-    assert loss == pytest.approx(model.evaluate(x[14:], y[14:], verbose=0)[0], rel=1e-6)
-    np.testing.assert_allclose(model.predict(val, verbose=0), model.predict(x[14:], verbose=0), rtol=1e-6)
-    np.testing.assert_allclose(model.predict(iter([x[:3], x[3:5]]), verbose=0), model.predict(x[:5], verbose=0), rtol=1e-6)
+    assert loss == pytest.approx(model.evaluate(x[14:], y[14:], verbose=0)[0], rel=FLOAT64_REL)
+    assert_same_predictions("batches, array", model, x[14:], model.predict(val, verbose=0), model.predict(x[14:], verbose=0))
+    assert_same_predictions("iterator, array", model, x[:5], model.predict(iter([x[:3], x[3:5]]), verbose=0),
+                            model.predict(x[:5], verbose=0))
 
 
 def test_generators_are_read_once_and_running_out_stops_training():
