@@ -238,3 +238,28 @@ def model_forward_bound(model, x, dtype=np.float32):
             z, e = _activation_bound(act, z, e, dtype)
         x = z
     return x, e
+
+
+def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32):
+    """``(loss, loss_bound)``: the mean sparse categorical crossentropy of the exact probabilities ``p``
+    (float64, e.g. from :func:`model_forward_bound`) and how far a computation in ``dtype`` from outputs
+    within ``bound`` of ``p`` may be from it.
+
+    Each sample: q = p_y / sum_k p_k is off by at most dq = (b_y + q sum_k b_k) / (sum_k p_k - sum_k b_k);
+    clipping to [1e-7, 1 - 1e-7] (losses.EPSILON) is 1-Lipschitz, so -log q moves by at most
+    log(clip(q + dq) / clip(q - dq)), plus the log's own rounding 4 u (1 + |log q|); the mean of N such
+    terms adds gamma_N * mean (the terms are positive).
+    """
+    from minicnn.losses import EPSILON
+
+    p, bound = np.asarray(p, np.float64), np.asarray(bound, np.float64)
+    rows = np.arange(len(p))
+    s, sb = p.sum(axis=1), bound.sum(axis=1)
+    assert np.all(sb < s), "outputs too uncertain for a loss bound"
+    q = p[rows, labels] / s
+    dq = (bound[rows, labels] + q * sb) / (s - sb)
+    lo, hi = np.clip(q - dq, EPSILON, 1 - EPSILON), np.clip(q + dq, EPSILON, 1 - EPSILON)
+    terms = -np.log(np.clip(q, EPSILON, 1 - EPSILON))
+    per_sample = np.log(hi / lo) + 4 * unit_roundoff(dtype) * (1 + terms)
+    loss = terms.mean()
+    return loss, per_sample.mean() + gamma_n(len(p), dtype) * (loss + per_sample.mean())
