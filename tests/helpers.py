@@ -145,9 +145,17 @@ def conv_sums(x, w, b, dy, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1
 #   (libm exp/tanh/erf within a few ulps, a handful of operations) by 16 u (1 + |z| + |y|), softmax's
 #   normalizing sum by gamma_{K+4} p.
 #
-# The bound is worst case (not the sqrt(K) typical one), still of the order of 1e-6 for the models in the
-# tests, while a real difference (a weight off by 1%, a wrong padding, a layer left out) moves outputs by
-# 1e-3 or more.
+# The bound is worst case (not the sqrt(K) typical one), 1e-6 to 1e-4 for the small models in the tests,
+# while a real difference (a weight off by 1%, a wrong padding, a layer left out) moves outputs by 1e-3 or
+# more. For a long sum (a Dense layer on 1,352 features) and a quantity that averages many outputs (a loss
+# over 1,000 samples), ``typical=True`` counts 4 sqrt(K) terms instead of K in each sum's gamma: rounding
+# errors of a sum add up like a random walk, of standard deviation about sqrt(K/3) u/2 sum|terms|, so this
+# is some 14 standard deviations, the STYLE.md "sqrt(K) * eps32 * sum|terms|" bound.
+
+
+def _terms(n, typical):
+    """K, or 4 sqrt(K) (rounded up, at most K) for the typical bound."""
+    return min(n, int(np.ceil(4 * np.sqrt(n)))) if typical else n
 
 _MONOTONE = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "linear")
 
@@ -184,7 +192,7 @@ def _activation_bound(act, z, e, dtype):
     return y, prop + (u * np.abs(y) if exact else 16 * u * (1 + np.abs(z) + np.abs(y)))
 
 
-def model_forward_bound(model, x, dtype=np.float32):
+def model_forward_bound(model, x, dtype=np.float32, typical=False):
     """``(y, bound)``: the model's inference output computed in float64 from its weights, and a bound on
     how far any computation of it in ``dtype`` (float32 kernels, PyTorch, another order of the sums) may
     be from ``y``, propagated layer by layer as described above.
@@ -214,7 +222,7 @@ def model_forward_bound(model, x, dtype=np.float32):
             absolute.set_weights([np.abs(w) for w in clone.get_weights()])
             prop = absolute.forward(e) - (absolute.forward(np.zeros_like(e)))   # |W|^T e, no bias
             K = clone.params["kernel"].size // clone.params["kernel"].shape[-1]
-            e = prop + gamma_n(K + 1, dtype) * (absolute.forward(np.abs(x)) + prop)
+            e = prop + gamma_n(_terms(K + 1, typical), dtype) * (absolute.forward(np.abs(x)) + prop)
         elif isinstance(layer, (BatchNormalization, Normalization, Rescaling)):
             c = clone.forward(np.zeros_like(x))
             a = clone.forward(np.ones_like(x)) - c
@@ -230,7 +238,7 @@ def model_forward_bound(model, x, dtype=np.float32):
             prop = clone.forward(e)
             if isinstance(layer, (AveragePooling2D, GlobalAveragePooling2D)):
                 K = int(np.prod(layer.pool_size)) if isinstance(layer, AveragePooling2D) else int(np.prod(shape[:2]))
-                prop = prop + gamma_n(K, dtype) * clone.forward(np.abs(x) + e)
+                prop = prop + gamma_n(_terms(K, typical), dtype) * clone.forward(np.abs(x) + e)
             elif isinstance(layer, Resizing) and layer.interpolation != "nearest":
                 prop = prop + gamma_n(8 + 2 * max(*shape[:2], layer.height, layer.width), dtype) * clone.forward(np.abs(x) + e)
             e = prop
@@ -240,7 +248,7 @@ def model_forward_bound(model, x, dtype=np.float32):
     return x, e
 
 
-def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32):
+def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32, typical=False):
     """``(loss, loss_bound)``: the mean sparse categorical crossentropy of the exact probabilities ``p``
     (float64, e.g. from :func:`model_forward_bound`) and how far a computation in ``dtype`` from outputs
     within ``bound`` of ``p`` may be from it.
@@ -248,7 +256,8 @@ def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32):
     Each sample: q = p_y / sum_k p_k is off by at most dq = (b_y + q sum_k b_k) / (sum_k p_k - sum_k b_k);
     clipping to [1e-7, 1 - 1e-7] (losses.EPSILON) is 1-Lipschitz, so -log q moves by at most
     log(clip(q + dq) / clip(q - dq)), plus the log's own rounding 4 u (1 + |log q|); the mean of N such
-    terms adds gamma_N * mean (the terms are positive).
+    terms adds gamma_N * mean (the terms are positive), gamma_{4 sqrt(N)} with ``typical`` (see
+    :func:`model_forward_bound`; pass it the ``bound`` of ``model_forward_bound(..., typical=True)``).
     """
     from minicnn.losses import EPSILON
 
@@ -262,4 +271,4 @@ def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32):
     terms = -np.log(np.clip(q, EPSILON, 1 - EPSILON))
     per_sample = np.log(hi / lo) + 4 * unit_roundoff(dtype) * (1 + terms)
     loss = terms.mean()
-    return loss, per_sample.mean() + gamma_n(len(p), dtype) * (loss + per_sample.mean())
+    return loss, per_sample.mean() + gamma_n(_terms(len(p), typical), dtype) * (loss + per_sample.mean())
