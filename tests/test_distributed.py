@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import assert_within, model_forward_bound, sparse_crossentropy_bound
 from PIL import Image
 
 import minicnn
@@ -39,8 +40,6 @@ from minicnn.optimizers import SGD, Adam, RMSprop
 from minicnn.regularizers import l2
 from minicnn.schedules import ExponentialDecay
 from minicnn.utils import set_random_seed
-
-from helpers import assert_within, model_forward_bound, sparse_crossentropy_bound
 
 torch = pytest.importorskip("torch", reason="fit_distributed trains on PyTorch: pip install 'minicnn[torch]'")
 from minicnn.interop import fit_distributed  # noqa: E402

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import assert_within, model_forward_bound
 
 import minicnn
 from minicnn.interop import from_torch, to_torch
@@ -30,7 +31,6 @@ from minicnn.layers import (
 )
 from minicnn.models import Sequential
 from minicnn.utils import set_random_seed
-from helpers import assert_within, model_forward_bound
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

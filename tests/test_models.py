@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import assert_within, model_forward_bound
 
 import minicnn
 from minicnn import config, losses
@@ -15,8 +16,6 @@ from minicnn.layers import Conv2D, Dense, Dropout, Flatten, Input, InputLayer, M
 from minicnn.models import Sequential
 from minicnn.optimizers import SGD, Adam
 from minicnn.utils import clear_session, set_random_seed, to_categorical
-
-from helpers import assert_within, model_forward_bound
 
 pytestmark = pytest.mark.usefixtures("default_settings")
 
