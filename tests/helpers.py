@@ -120,3 +120,166 @@ def conv_sums(x, w, b, dy, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1
     return dict(y=(reference.conv2d_forward(ax, aw, ab, **kw), KH * KW * C + 1),
                 dx=(reference.conv2d_backward_input(ady, aw, x.shape, **kw), KH * KW * F),
                 dw=(dw, N * OH * OW), db=(db, N * OH * OW))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A whole model in float32: the bound propagated layer by layer
+# ----------------------------------------------------------------------------------------------------------
+# Two float32 runs of one model (minicnn's kernels and PyTorch's, or two engines) each differ from the
+# exact result, the same model in float64, by an amount that follows from the sums of every layer. For a
+# layer y = f(x), input x known to within e (e >= 0 elementwise, e = 0 for the float32 input itself):
+#
+# * Dense / Conv2D (the linear part z = x W + b, K = fan-in): the input's error reaches z through |W|
+#   (|W|^T e, i.e. the layer run on e with |W| and no bias), and z's own rounding is at most
+#   gamma_{K+1} * (|x| |W| + |b| + |W|^T e) (Higham, above; the sums of |terms| of the perturbed input);
+# * pooling, padding, Flatten, Dropout at inference, Resizing, global pooling: every output is a max or a
+#   convex combination (nonnegative weights adding to 1) of inputs, so the layer run on e bounds the
+#   propagated error; averages round by gamma_{K} of the average of |x| + e, bilinear weights (computed in
+#   float32 from coordinates up to max(H, W)) by gamma_{8 + 2 max(H, W)};
+# * per-channel affine layers (BatchNormalization at inference, Normalization, Rescaling), y = a x + c:
+#   |a| e, plus gamma_8 * (|a| (|x| + e) + |a * mean| + |beta|) for the few operations and the float32
+#   rounding of a (and of mean, variance, scale given as Python floats);
+# * monotone activations (ReLU, LeakyReLU, ELU, sigmoid, tanh): exact interval arithmetic in float64,
+#   max |g(z +- e) - g(z)|; GELU (not monotone) with its Lipschitz constant 1.13 (max |GELU'| = 1.129);
+#   softmax: p_i * expm1(2 max_j e_j) per row; and each smooth function's own evaluation in float32
+#   (libm exp/tanh/erf within a few ulps, a handful of operations) by 16 u (1 + |z| + |y|), softmax's
+#   normalizing sum by gamma_{K+4} p.
+#
+# The bound is worst case (not the sqrt(K) typical one), 1e-6 to 1e-4 for the small models in the tests,
+# while a real difference (a weight off by 1%, a wrong padding, a layer left out) moves outputs by 1e-3 or
+# more. For a long sum (a Dense layer on 1,352 features) and a quantity that averages many outputs (a loss
+# over 1,000 samples), ``typical=True`` counts 4 sqrt(K) terms instead of K in each sum's gamma: rounding
+# errors of a sum add up like a random walk, of standard deviation about sqrt(K/3) u/2 sum|terms|, so this
+# is some 14 standard deviations, the STYLE.md "sqrt(K) * eps32 * sum|terms|" bound.
+
+
+def _terms(n, typical):
+    """K, or 4 sqrt(K) (rounded up, at most K) for the typical bound."""
+    return min(n, int(np.ceil(4 * np.sqrt(n)))) if typical else n
+
+_MONOTONE = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "linear")
+
+
+def _float64_clone(layer, input_shape, activation=True):
+    """The same layer in float64 (weights converted exactly), without its activation unless asked."""
+    import copy
+
+    config_ = {**layer.get_config(), "dtype": "float64"}
+    if not activation and "activation" in config_:
+        config_["activation"] = None
+    clone = type(layer).from_config(config_)
+    clone.build((None, *input_shape))
+    clone.set_weights([np.asarray(w, np.float64) for w in layer.get_weights()])
+    for attr in ("mean", "variance"):     # Normalization's statistics, as float32 had them
+        if getattr(layer, attr, None) is not None and getattr(clone, attr, None) is not None:
+            setattr(clone, attr, np.asarray(getattr(layer, attr), np.float64))
+    return clone, copy.deepcopy(layer.activation) if layer.activation is not None else None
+
+
+def _activation_bound(act, z, e, dtype):
+    """(g(z), bound on |g(z~) - g(z)| + g's own float32 rounding) for |z~ - z| <= e."""
+    u = unit_roundoff(dtype)
+    y = act.forward(z)
+    if act.name == "softmax":
+        return y, y * np.expm1(2 * e.max(axis=-1, keepdims=True)) + gamma_n(z.shape[-1] + 4, dtype) * y
+    if act.name in _MONOTONE:
+        prop = np.maximum(np.abs(act.forward(z + e) - y), np.abs(act.forward(z - e) - y))
+    elif act.name == "gelu":
+        prop = 1.13 * e
+    else:
+        raise NotImplementedError(f"no error bound for activation {act.name!r}")
+    exact = act.name in ("relu", "linear") or (act.name == "leaky_relu")
+    return y, prop + (u * np.abs(y) if exact else 16 * u * (1 + np.abs(z) + np.abs(y)))
+
+
+def model_forward_bound(model, x, dtype=np.float32, typical=False):
+    """``(y, bound)``: the model's inference output computed in float64 from its weights, and a bound on
+    how far any computation of it in ``dtype`` (float32 kernels, PyTorch, another order of the sums) may
+    be from ``y``, propagated layer by layer as described above.
+
+    Compare each float32 result with ``y`` by ``assert_within(name, result, y, bound)``: two results then
+    agree within twice the bound, and each is checked against the exact math, not only against the other.
+    minicnn's global generator is left as it was (cloning a random layer draws a seed from it).
+    """
+    from minicnn import config
+
+    state = config.rng().bit_generator.state
+    try:
+        return _model_forward_bound(model, x, dtype, typical)
+    finally:
+        config.rng().bit_generator.state = state
+
+
+def _model_forward_bound(model, x, dtype, typical):
+    from minicnn.layers import (
+        BatchNormalization,
+        Conv2D,
+        Dense,
+        Normalization,
+        Rescaling,
+        Resizing,
+    )
+    from minicnn.layers.activation_layers import ELU, LeakyReLU
+    from minicnn.layers.pooling import AveragePooling2D, GlobalAveragePooling2D
+
+    x = np.asarray(x, np.float64)
+    e = np.zeros_like(x)
+    for layer in model.layers:
+        shape = x.shape[1:]
+        clone, act = _float64_clone(layer, shape, activation=False)
+        z = clone.forward(x)
+        if isinstance(layer, (Dense, Conv2D)):
+            absolute, _ = _float64_clone(layer, shape, activation=False)
+            absolute.set_weights([np.abs(w) for w in clone.get_weights()])
+            prop = absolute.forward(e) - (absolute.forward(np.zeros_like(e)))   # |W|^T e, no bias
+            K = clone.params["kernel"].size // clone.params["kernel"].shape[-1]
+            e = prop + gamma_n(_terms(K + 1, typical), dtype) * (absolute.forward(np.abs(x)) + prop)
+        elif isinstance(layer, (BatchNormalization, Normalization, Rescaling)):
+            c = clone.forward(np.zeros_like(x))
+            a = clone.forward(np.ones_like(x)) - c
+            if isinstance(layer, BatchNormalization):
+                c = np.abs(a * clone.moving_mean) + (np.abs(clone.params["beta"]) if "beta" in clone.params else 0)
+            e = np.abs(a) * e + gamma_n(8, dtype) * (np.abs(a) * (np.abs(x) + e) + np.abs(c))
+        elif isinstance(layer, (LeakyReLU, ELU)):
+            y = clone.forward(x)
+            prop = np.maximum(np.abs(clone.forward(x + e) - y), np.abs(clone.forward(x - e) - y))
+            e = prop + (unit_roundoff(dtype) * np.abs(y) if isinstance(layer, LeakyReLU)
+                        else 16 * unit_roundoff(dtype) * (1 + np.abs(x) + np.abs(y)))
+        else:   # max / convex combinations of inputs: the layer itself carries e
+            prop = clone.forward(e)
+            if isinstance(layer, (AveragePooling2D, GlobalAveragePooling2D)):
+                K = int(np.prod(layer.pool_size)) if isinstance(layer, AveragePooling2D) else int(np.prod(shape[:2]))
+                prop = prop + gamma_n(_terms(K, typical), dtype) * clone.forward(np.abs(x) + e)
+            elif isinstance(layer, Resizing) and layer.interpolation != "nearest":
+                prop = prop + gamma_n(8 + 2 * max(*shape[:2], layer.height, layer.width), dtype) * clone.forward(np.abs(x) + e)
+            e = prop
+        if act is not None:
+            z, e = _activation_bound(act, z, e, dtype)
+        x = z
+    return x, e
+
+
+def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32, typical=False):
+    """``(loss, loss_bound)``: the mean sparse categorical crossentropy of the exact probabilities ``p``
+    (float64, e.g. from :func:`model_forward_bound`) and how far a computation in ``dtype`` from outputs
+    within ``bound`` of ``p`` may be from it.
+
+    Each sample: q = p_y / sum_k p_k is off by at most dq = (b_y + q sum_k b_k) / (sum_k p_k - sum_k b_k);
+    clipping to [1e-7, 1 - 1e-7] (losses.EPSILON) is 1-Lipschitz, so -log q moves by at most
+    log(clip(q + dq) / clip(q - dq)), plus the log's own rounding 4 u (1 + |log q|); the mean of N such
+    terms adds gamma_N * mean (the terms are positive), gamma_{4 sqrt(N)} with ``typical`` (see
+    :func:`model_forward_bound`; pass it the ``bound`` of ``model_forward_bound(..., typical=True)``).
+    """
+    from minicnn.losses import EPSILON
+
+    p, bound = np.asarray(p, np.float64), np.asarray(bound, np.float64)
+    rows = np.arange(len(p))
+    s, sb = p.sum(axis=1), bound.sum(axis=1)
+    assert np.all(sb < s), "outputs too uncertain for a loss bound"
+    q = p[rows, labels] / s
+    dq = (bound[rows, labels] + q * sb) / (s - sb)
+    lo, hi = np.clip(q - dq, EPSILON, 1 - EPSILON), np.clip(q + dq, EPSILON, 1 - EPSILON)
+    terms = -np.log(np.clip(q, EPSILON, 1 - EPSILON))
+    per_sample = np.log(hi / lo) + 4 * unit_roundoff(dtype) * (1 + terms)
+    loss = terms.mean()
+    return loss, per_sample.mean() + gamma_n(_terms(len(p), typical), dtype) * (loss + per_sample.mean())

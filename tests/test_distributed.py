@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import assert_within, model_forward_bound, sparse_crossentropy_bound
 from PIL import Image
 
 import minicnn
@@ -197,11 +198,24 @@ def test_two_processes_train_the_embedded_sample_as_one_does(tmp_path):
     loss_two, acc_two = two.evaluate(xt, yt, verbose=0)
     assert acc_one > 0.6                                  # it learned (10 classes: chance is 0.1)
     assert abs(acc_two - acc_one) <= 0.02, (acc_one, acc_two)
-    # the History's validation numbers (PyTorch, two shares) are minicnn's evaluate of the returned model
-    np.testing.assert_allclose([history.history["val_loss"][0], history.history["val_accuracy"][0]],
-                               [loss_two, acc_two], rtol=1e-4)
-    # float32: the same tolerance as to_torch's predictions in test_interop
-    np.testing.assert_allclose(history.engine["predictions"], two.predict(xt[:256], verbose=0), rtol=0, atol=1e-5)
+    # the History's validation numbers (PyTorch, two shares) are minicnn's evaluate of the returned model:
+    # both within the float32 bound derived from the model's sums (tests/helpers.py) of the exact loss,
+    # the typical sqrt(K) one (a mean of 1,000 samples through a Dense layer of 1,352 inputs: the worst
+    # case, 1e-2, would not see a kernel off by 1%, which moves the loss by 1.6e-3; this one, 1.3e-3, does)
+    p, bound = model_forward_bound(two, xt, typical=True)
+    exact_loss, loss_bound = sparse_crossentropy_bound(p, bound, yt, typical=True)
+    assert_within("val_loss", history.history["val_loss"][0], exact_loss, loss_bound)
+    assert_within("evaluate loss", loss_two, exact_loss, loss_bound)
+    # and the accuracy is exact but for samples whose top two probabilities are within the bounds of a tie
+    top2 = np.sort(p, axis=1)[:, -2:]
+    near_ties = int(np.sum(top2[:, 1] - top2[:, 0] <= 2 * bound.max(axis=1)))
+    exact_acc = np.mean(p.argmax(axis=1) == yt)
+    assert abs(history.history["val_accuracy"][0] - exact_acc) <= (near_ties + 0.5) / len(yt), near_ties
+    assert abs(acc_two - exact_acc) <= (near_ties + 0.5) / len(yt), near_ties
+    # float32 predictions: the same derived (worst case) bound as to_torch's in test_interop
+    p, bound = model_forward_bound(two, xt[:256])
+    assert_within("PyTorch predictions", history.engine["predictions"], p[:256], bound[:256])
+    assert_within("minicnn predictions", two.predict(xt[:256], verbose=0), p[:256], bound[:256])
     # the returned model is a minicnn model like any other: it saves, loads and can be inspected
     again = minicnn.models.load_model(two.save(tmp_path / "two.npz"))
     np.testing.assert_array_equal(again.predict(xt[:32], verbose=0), two.predict(xt[:32], verbose=0))

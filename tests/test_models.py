@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import assert_within, model_forward_bound
 
 import minicnn
 from minicnn import config, losses
@@ -17,6 +18,19 @@ from minicnn.optimizers import SGD, Adam
 from minicnn.utils import clear_session, set_random_seed, to_categorical
 
 pytestmark = pytest.mark.usefixtures("default_settings")
+
+# Losses compared in float64, where the point is the arithmetic of the means (batch weights, penalties),
+# not float32 rounding: the computations differ only in the order of their sums (of at most ~50 terms
+# each, through a few layers), a few hundred float64 ulps at most: 1e-13 is ~450 ulps of the loss.
+FLOAT64_REL = 1e-13
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def assert_same_predictions(name, model, x, *predictions):
+    """Each prediction within the float32 bound derived from the model's sums (tests/helpers.py)."""
+    exact, bound = model_forward_bound(model, x, model.layers[0].dtype)
+    for i, p in enumerate(predictions):
+        assert_within(f"{name} [{i}]", p, exact, bound)
 
 
 def small_cnn(input_shape=(8, 8, 1), classes=3, activation="softmax", input_layer=True):
@@ -141,7 +155,7 @@ def test_call_equals_predict():
     rng = np.random.default_rng(11)
     model = small_cnn()
     x = rng.random((7, 8, 8, 1)).astype(np.float32)
-    np.testing.assert_allclose(model(x), model.predict(x, batch_size=3, verbose=0), rtol=1e-6)
+    assert_same_predictions("call, predict", model, x, model(x), model.predict(x, batch_size=3, verbose=0))
 
 
 # ====================================================================================== weights and config
@@ -252,23 +266,25 @@ def test_model_gradients_match_finite_differences(loss, activation, classes, tar
 
 def test_compute_gradients_changes_no_weights_and_matches_compute_loss():
     rng = np.random.default_rng(15)
+    minicnn.set_floatx("float64")
     model, x, y = trained(rng)
     before = snapshot(model)
     loss = model.compute_gradients(x, y)
-    assert loss == pytest.approx(model.compute_loss(x, y, training=True), rel=1e-6)
-    assert loss == pytest.approx(model.evaluate(x, y, verbose=0, batch_size=len(x))[0], rel=1e-5)
+    assert loss == pytest.approx(model.compute_loss(x, y, training=True), rel=FLOAT64_REL)
+    assert loss == pytest.approx(model.evaluate(x, y, verbose=0, batch_size=len(x))[0], rel=FLOAT64_REL)
     assert_unchanged(model, before)
     assert all(np.any(g != 0) for layer in model.layers for g in layer.grads.values())
 
 
 def test_regularization_penalty_is_added_to_the_reported_loss():
     rng = np.random.default_rng(16)
+    minicnn.set_floatx("float64")
     model = Sequential([Input(shape=(4,)), Dense(2, activation="softmax", kernel_regularizer=minicnn.regularizers.l2(0.5))])
     model.compile("sgd", "sparse_categorical_crossentropy")
     x, y = rng.random((6, 4)), rng.integers(0, 2, 6)
     plain = losses.get("sparse_categorical_crossentropy")(y, model.predict(x, verbose=0))
     penalty = 0.5 * np.sum(model.layers[0].params["kernel"] ** 2)
-    assert model.evaluate(x, y, verbose=0) == pytest.approx(plain + penalty, rel=1e-5)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(plain + penalty, rel=FLOAT64_REL)
 
 
 # ====================================================================================== PyTorch parity
@@ -339,16 +355,19 @@ def test_loss_and_every_gradient_match_pytorch():
     torch_loss = loss_fn(x, y)
     torch_loss.backward()
     loss = model.compute_gradients(x, y)
-    assert loss == pytest.approx(torch_loss.item(), rel=1e-12)
+    assert loss == pytest.approx(torch_loss.item(), rel=FLOAT64_REL)
     ours = [layer.grads[k] for layer in model.layers for k in layer.params]
     names = [f"{layer.name}/{k}" for layer in model.layers for k in layer.params]
-    for name, a, b in zip(names, ours, grads_as_ours()):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14, err_msg=name)
-    # and one SGD step with train_on_batch is w - lr * grad
+    # float64: the same math with sums in other orders, a few hundred ulps of each array's magnitude
+    # (measured: under 3 ulps); a wrong gradient is off by a whole term, ~1e-3 of the magnitude or more
+    tols = [256 * EPS64 * np.abs(b).max() for b in grads_as_ours()]
+    for name, a, b, tol in zip(names, ours, grads_as_ours(), tols):
+        assert_within(name, a, b, tol, "256 float64 ulps of max|grad|")
+    # and one SGD step with train_on_batch is w - lr * grad (one multiply and one subtraction more)
     before = model.get_weights()
     model.train_on_batch(x, y)
-    for name, w0, w1, g in zip(names, before, model.get_weights(), grads_as_ours()):
-        np.testing.assert_allclose(w1, w0 - 0.1 * g, rtol=1e-10, atol=1e-14, err_msg=name)
+    for name, w0, w1, g, tol in zip(names, before, model.get_weights(), grads_as_ours(), tols):
+        assert_within(name, w1, w0 - 0.1 * g, 0.1 * tol + 4 * EPS64 * np.abs(w0), "0.1 * grad bound + 4 ulps of |w|")
 
 
 def test_twelve_adam_steps_match_pytorch():
@@ -367,8 +386,13 @@ def test_twelve_adam_steps_match_pytorch():
         opt.zero_grad()
         loss_fn(x, y).backward()
         opt.step()
+    # float64. Adam's update lr * m_hat / (sqrt(v_hat) + eps_hat) is a ratio of moments of the same
+    # gradients: gradients a few ulps apart (see the test above) move each update (at most ~lr) by a few
+    # hundred ulps of lr at most (while sqrt(v_hat) >> eps_hat, as with these O(0.01..1) gradients), and
+    # the weights by that over the 12 steps plus their own rounding
     for i, (a, b) in enumerate(zip(model.get_weights(), weights_as_ours())):
-        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10, err_msg=f"weight {i}")
+        assert_within(f"weight {i}", a, b, 12 * 0.01 * 256 * EPS64 + 256 * EPS64 * np.abs(b),
+                      "12 steps * lr * 256 ulps + 256 ulps of |w|")
 
 
 # ====================================================================================== fit semantics
@@ -439,12 +463,13 @@ def test_training_logs_are_batch_size_weighted_means():
     # With a learning rate of 0 the weights never move, so the epoch's running mean over batches
     # of sizes 4, 4, 2 must equal the loss over all 10 samples.
     rng = np.random.default_rng(22)
+    minicnn.set_floatx("float64")
     x, y = signal_data(rng, n=10)
     model = small_cnn()
     model.compile(SGD(0.0), "sparse_categorical_crossentropy", ["accuracy"])
     history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     loss, acc = model.evaluate(x, y, batch_size=10, verbose=0)
-    assert history.history["loss"][0] == pytest.approx(loss, rel=1e-6)
+    assert history.history["loss"][0] == pytest.approx(loss, rel=FLOAT64_REL)
     assert history.history["accuracy"][0] == pytest.approx(acc)
 
 
@@ -535,6 +560,7 @@ class BatchList:
 
 def test_fit_evaluate_predict_on_reiterable_datasets():
     rng = np.random.default_rng(28)
+    minicnn.set_floatx("float64")
     x, y = signal_data(rng, n=20)
     train, val = BatchList(x[:14], y[:14], 4), BatchList(x[14:], y[14:], 4)
     model = small_cnn(input_layer=False)   # built from the first batch
@@ -543,9 +569,10 @@ def test_fit_evaluate_predict_on_reiterable_datasets():
     assert train.iterations == 3 and val.iterations == 3
     assert history.params["steps"] == 4 and len(history.history["val_loss"]) == 3
     loss, acc = model.evaluate(val, verbose=0)
-    assert loss == pytest.approx(model.evaluate(x[14:], y[14:], verbose=0)[0], rel=1e-6)
-    np.testing.assert_allclose(model.predict(val, verbose=0), model.predict(x[14:], verbose=0), rtol=1e-6)
-    np.testing.assert_allclose(model.predict(iter([x[:3], x[3:5]]), verbose=0), model.predict(x[:5], verbose=0), rtol=1e-6)
+    assert loss == pytest.approx(model.evaluate(x[14:], y[14:], verbose=0)[0], rel=FLOAT64_REL)
+    assert_same_predictions("batches, array", model, x[14:], model.predict(val, verbose=0), model.predict(x[14:], verbose=0))
+    assert_same_predictions("iterator, array", model, x[:5], model.predict(iter([x[:3], x[3:5]]), verbose=0),
+                            model.predict(x[:5], verbose=0))
 
 
 def test_generators_are_read_once_and_running_out_stops_training():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import assert_within
 
 from minicnn import optimizers
 from minicnn.optimizers import SGD, Adam, RMSprop
@@ -52,9 +53,22 @@ def run_torch(torch, make_opt, w0, c, t, steps=STEPS):
     return {k: p.detach().numpy() for k, p in params.items()}
 
 
-def assert_close(ours, theirs, rtol, atol=1e-12):
+# Trajectories run in float64, where the point is the update formulas, not rounding. Each step is a handful
+# of elementwise operations (no long sums) done in another order by PyTorch, a few ulps of the weights'
+# magnitude per step; over 15 steps of these contracting problems (measured: at most 6 ulps for SGD and
+# RMSprop) a few hundred ulps of max|w| is the budget. Adam with a negligible epsilon divides by sqrt(v_hat),
+# so where a gradient passes near zero its update (~lr sign(g)) turns on a few-ulp difference of g: each
+# such step may move a weight by ulps(g) * lr / sqrt(v_hat), measured up to ~300 ulps of max|w|; 4,096
+# ulps leaves a margin while a wrong formula (a rate or beta off by 1e-3 relative) is off by 1e11 ulps.
+ULPS = 256
+ADAM_ULPS = 4096
+
+
+def assert_close(ours, theirs, ulps=ULPS):
+    """Each parameter within ``ulps`` float64 ulps of its largest magnitude (see above)."""
     for k in ours:
-        np.testing.assert_allclose(ours[k], theirs[k], rtol=rtol, atol=atol, err_msg=f"param {k!r}")
+        tol = ulps * np.finfo(np.float64).eps * np.abs(theirs[k]).max()
+        assert_within(f"param {k!r}", ours[k], theirs[k], tol, f"{ulps} float64 ulps of max|w|")
 
 
 # ------------------------------------------------------------------------------------ PyTorch parity
@@ -64,7 +78,7 @@ def test_sgd_matches_torch_trajectory(momentum, nesterov):
     w0, c, t = problem(1)
     ours = run_minicnn(SGD(learning_rate=0.05, momentum=momentum, nesterov=nesterov), w0, c, t)
     theirs = run_torch(torch, lambda p: torch.optim.SGD(p, lr=0.05, momentum=momentum, nesterov=nesterov), w0, c, t)
-    assert_close(ours, theirs, rtol=1e-12)
+    assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("lr,betas", [(0.01, (0.9, 0.999)), (0.1, (0.8, 0.99))])
@@ -75,7 +89,7 @@ def test_adam_matches_torch_trajectory(lr, betas):
     w0, c, t = problem(2)
     ours = run_minicnn(Adam(learning_rate=lr, beta_1=betas[0], beta_2=betas[1], epsilon=1e-14), w0, c, t)
     theirs = run_torch(torch, lambda p: torch.optim.Adam(p, lr=lr, betas=betas, eps=1e-14), w0, c, t)
-    assert_close(ours, theirs, rtol=1e-9)
+    assert_close(ours, theirs, ADAM_ULPS)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -85,7 +99,7 @@ def test_rmsprop_matches_torch_trajectory(momentum):
     w0, c, t = problem(3)
     ours = run_minicnn(RMSprop(learning_rate=0.01, rho=0.9, momentum=momentum, epsilon=1e-16), w0, c, t)
     theirs = run_torch(torch, lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-16, momentum=momentum), w0, c, t)
-    assert_close(ours, theirs, rtol=1e-9)
+    assert_close(ours, theirs)
 
 
 def test_adam_with_keras_epsilon_matches_torch_with_matched_epsilon():
@@ -95,7 +109,7 @@ def test_adam_with_keras_epsilon_matches_torch_with_matched_epsilon():
     eps = 1e-3   # large enough that its placement matters
     ours = run_minicnn(Adam(learning_rate=0.1, epsilon=eps), w0, c, t, steps=1)
     theirs = run_torch(torch, lambda p: torch.optim.Adam(p, lr=0.1, eps=eps / np.sqrt(1 - 0.999)), w0, c, t, steps=1)
-    assert_close(ours, theirs, rtol=1e-12)
+    assert_close(ours, theirs)
 
 
 # ------------------------------------------------------------------------------------ the formulas
