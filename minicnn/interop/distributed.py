@@ -326,7 +326,8 @@ def _run(plan, cbs):
                 raise TimeoutError(f"fit_distributed: the processes did not exit within {timeout:.0f} s of the end.")
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:   # one failed after rank 0 finished
         _stop(procs)
-        raise RuntimeError(f"fit_distributed: process {err.error_index} failed: {str(err).strip().splitlines()[-1]}") from None
+        raise RuntimeError(f"fit_distributed: process {err.error_index} failed: {str(err).strip().splitlines()[-1]}"
+                           f"{_last_words(plan['dir'], err.error_index, started=True)}") from None
     except BaseException:
         _stop(procs)
         raise
@@ -344,18 +345,24 @@ def _check_processes(procs, plan, timeout, last_news, killed_only=False):
         ([] if killed_only else [r for r, c in enumerate(codes) if c is not None and c > 0])
     if dead:
         rank, code = dead[0], codes[dead[0]]
-        how = f"signal {-code}" if code < 0 else f"exit code {code}{_last_words(plan['dir'], rank)}"
-        raise RuntimeError(f"fit_distributed: process {rank} of {plan['world']} died ({how}). The run was stopped.")
+        if code > 0:
+            raise RuntimeError(f"fit_distributed: process {rank} of {plan['world']} died (exit code {code}"
+                               f"{_last_words(plan['dir'], rank)}). The run was stopped.")
+        raise RuntimeError(f"fit_distributed: process {rank} of {plan['world']} died (signal {-code}). The run was "
+                           f"stopped{_last_words(plan['dir'], rank, started=True)}.")   # an abort's last words say why
     if time.monotonic() - last_news > timeout:
         raise TimeoutError(f"fit_distributed: no news from the {plan['world']} process(es) for {timeout:.0f} s; "
                            "stopped them. Raise `timeout` if a step or the start-up really takes that long.")
 
 
-def _last_words(run_dir, rank):
+def _last_words(run_dir, rank, started=False):
+    """``"; its last output: ..."`` from the process's log, or why it has none."""
     try:
         with open(os.path.join(run_dir, f"rank{rank}.log"), errors="replace") as f:
             lines = [line.strip() for line in f if line.strip()]
     except OSError:          # no log: it died while Python started it, before ``worker.run``
+        if started:          # (or was killed before it could open one)
+            return ""
         return ("; it died while starting. A script that calls fit_distributed must guard its entry point with "
                 "`if __name__ == \"__main__\":` (each process imports the main module)")
     return f"; its last output: {lines[-1]}" if lines else ""
