@@ -1,9 +1,7 @@
-"""The table of layer converters: one function per minicnn layer class (``TO_TORCH``) and one per PyTorch
-module class (``from_torch_table()``), each holding all there is to say about that layer's crossing.
-
-``export_layer`` and ``import_module`` look a class up in its table (a subclass finds its nearest listed base,
-as ``isinstance`` would) and name the layer, and why, when there is no converter or a setting has no equal.
-The walk over a model, the dtype and the shape tracking live in ``convert.py``.
+"""The tables of layer converters: one function per minicnn layer class (``TO_TORCH``) and one per PyTorch
+module class (``from_torch_table()``). ``export_layer`` and ``import_module`` look a class up (a subclass
+finds its nearest listed base, as ``isinstance`` would) and name the layer, and why, when there is no
+converter or a setting has no equal. The walk over a model and the shape tracking live in ``convert.py``.
 """
 
 import math
@@ -96,7 +94,7 @@ def _ceil_mode_matches(layer, pads):
 
 
 # Each converter: (nn, layer, dtype, where) -> the PyTorch modules computing the layer (its activation
-# aside), with its weights copied in. Weights are made in the final dtype, then copied in.
+# aside), made in the final dtype, with its weights copied in.
 def _conv2d_to_torch(nn, layer, dtype, where):
     mods = []
     (t, b), (l, r) = kernels.conv_padding(layer.padding, layer.input_shape[1:3], layer.kernel_size,
