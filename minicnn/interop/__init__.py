@@ -3,6 +3,7 @@
 ==========================  ============================================================================
 ``to_torch(model)``         an ``nn.Sequential`` with the same layers and weights (``convert.py``)
 ``from_torch(module, ...)`` a minicnn ``Sequential`` from an ``nn.Sequential`` stack (``convert.py``)
+                            (both: one converter per layer class, in the tables of ``converters.py``)
 ``fit_distributed(...)``    ``model.fit`` on ``DistributedDataParallel`` over ``nproc`` processes, the
                             trained weights written back into the minicnn model (``distributed.py``,
                             the per-process loop in ``worker.py``)
