@@ -35,3 +35,41 @@ def test_readme_speed_figures_are_those_of_results_md():
     assert f"the small Fashion-MNIST CNN {small:.1f}x as fast as PyTorch" in sentence, sentence
     assert f"the blog's 224x224 model {blog:.1f}x as fast ({blog_glibc:.1f}x when" in sentence, sentence
     assert bench["machine"]["date"][:10] in sentence, sentence
+
+
+def test_the_runtime_variants_change_what_they_say(tmp_path):
+    """``bench_runtime.py``'s variants: no-pool takes nothing from the pool, no-lanes runs every part on
+    the calling thread, one-core keeps one lane; each child then trains and prints its step times."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import json, sys, threading
+sys.path.insert(0, {bench!r})
+import bench_runtime
+from minicnn.kernels.numba import _buffers, _threads, get_num_threads
+variant = sys.argv[1]
+bench_runtime.apply_variant(variant)
+net, shape = bench_runtime.build("deep")
+import numpy as np
+x = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
+net.train_on_batch(x, np.arange(16) % 10)
+print(json.dumps({{"pooled": _buffers.POOL.nbytes, "lanes": get_num_threads(),
+                  "alive": sum(t.name == "minicnn-lane" for t in threading.enumerate())}}))
+""".format(bench=str(ROOT / "benchmarks"))
+    script = tmp_path / "variant.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_NUM_THREADS": "2"}
+    seen = {}
+    for variant in ("default", "no-pool", "no-lanes", "one-core"):
+        run = subprocess.run([sys.executable, str(script), variant], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        seen[variant] = json.loads(run.stdout.splitlines()[-1])
+    assert seen["default"]["pooled"] > 0 and seen["no-pool"]["pooled"] == 0
+    assert seen["default"]["alive"] == 1 and seen["no-lanes"]["alive"] == 0   # no lane thread ever started
+    assert seen["one-core"]["lanes"] == 1 and seen["one-core"]["alive"] == 0
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_runtime.py"), "--child", "one-core",
+                          "small", "4", "3"], env=env, capture_output=True, text=True, check=True).stdout
+    times = json.loads(out.splitlines()[-1])
+    assert len(times) == 3 and all(t > 0 for t in times)
