@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from torch_layout import from_torch_layout, to_torch_layout, torch_pad
 
 from minicnn import callbacks as cb
 from minicnn.kernels import conv_padding, reference
@@ -287,10 +288,10 @@ def test_same_conv_matches_pytorch_padded_by_the_table(backend, n, k, s, d):
     x = rng.standard_normal((2, n, 5, 3))
     y = layer(x)
     (pt, pb), (pl, pr) = SAME_PADS[(n, k, s, d)], SAME_PADS[(5, 2, 1, 1)]
-    xt = torch.nn.functional.pad(torch.tensor(x.transpose(0, 3, 1, 2)), (pl, pr, pt, pb))
-    wt = torch.tensor(layer.params["kernel"].transpose(3, 2, 0, 1))
+    xt = torch_pad(torch.from_numpy(to_torch_layout(x)), ((pt, pb), (pl, pr)))
+    wt = torch.from_numpy(to_torch_layout(layer.params["kernel"], "conv_kernel"))
     yt = torch.nn.functional.conv2d(xt, wt, torch.tensor(layer.params["bias"]), stride=(s, 1), dilation=(d, 1))
-    expected = yt.numpy().transpose(0, 2, 3, 1)
+    expected = from_torch_layout(yt)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12 * np.abs(x).sum())
 

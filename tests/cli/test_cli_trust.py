@@ -11,7 +11,7 @@ from minicnn import cli
 from minicnn.datasets import fashion_mnist
 
 ANKLE_BOOT = 9
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 def accuracy_line(out):

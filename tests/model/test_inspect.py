@@ -1,13 +1,11 @@
 """Looking inside: whole-model gradient checks, the training recorder, vanishing gradients, saliency maps."""
 
-
 import numpy as np
 import pytest
-from helpers import assert_within, gamma_n, unit_roundoff
+from helpers import assert_within, gamma_n, numerical_gradient, rel_error, unit_roundoff
 
 import minicnn
 from minicnn import inspect as mi
-from minicnn.gradcheck import numerical_gradient, rel_error
 from minicnn.layers import (
     ELU,
     Activation,

@@ -4,7 +4,7 @@ itself, ``.ci/mutation_check.py``, runs in CI: a few minutes)."""
 import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(path):

@@ -44,6 +44,8 @@ from minicnn.utils import set_random_seed
 torch = pytest.importorskip("torch", reason="fit_distributed trains on PyTorch: pip install 'minicnn[torch]'")
 from minicnn.interop import fit_distributed  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 pytestmark = pytest.mark.usefixtures("default_settings")
 
 # float64 rounding is ~1e-16 per operation; a few steps of a small model stay far below 1e-12, while
@@ -351,9 +353,8 @@ fit_distributed(model, np.zeros((8, 3)), np.zeros((8, 2)), nproc=2, verbose=0)
 def test_a_script_without_a_main_guard_gets_told_instead_of_a_hang(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": root})
+                          env={**os.environ, "PYTHONPATH": REPO})
     assert done.returncode == 1
     assert "must guard its entry point with `if __name__ == \"__main__\":`" in done.stderr.splitlines()[-1]
 
@@ -398,7 +399,7 @@ def test_train_engine_torch_writes_the_same_outputs(tmp_path, capsys):
 
 def test_import_minicnn_interop_does_not_import_pytorch():
     code = "import sys, minicnn.interop; assert 'torch' not in sys.modules, sorted(sys.modules)"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from helpers import unit_roundoff
+from helpers import numerical_gradient, rel_error, unit_roundoff
 
 from minicnn import activations, losses
-from minicnn.gradcheck import numerical_gradient, rel_error
 
 
 def onehot(labels, k):

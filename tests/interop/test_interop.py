@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 from helpers import assert_within, model_forward_bound
+from torch_layout import to_torch_layout
 
 import minicnn
 from minicnn.interop import from_torch, to_torch
@@ -39,10 +40,9 @@ pytestmark = pytest.mark.usefixtures("default_settings")
 
 
 def torch_predict(module, x):
-    """The one place the axes move: NHWC images in minicnn, NCHW in PyTorch."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    """PyTorch's output for our NHWC images (tests/torch_layout.py moves the axes)."""
     with torch.no_grad():
-        return module(t.permute(0, 3, 1, 2) if t.dim() == 4 else t).numpy()
+        return module(torch.from_numpy(to_torch_layout(x))).numpy()
 
 
 def randomize(model, rng):
@@ -176,7 +176,7 @@ def test_exported_model_keeps_learning_in_pytorch():
     exported = to_torch(model).train()
     logits = exported[:-1]                       # all but the Softmax: what nn.CrossEntropyLoss wants
     optimizer = torch.optim.Adam(exported.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(to_torch_layout(x)), torch.from_numpy(y)
     losses = []
     for _ in range(30):
         optimizer.zero_grad()

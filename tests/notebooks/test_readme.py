@@ -11,7 +11,7 @@ import pytest
 
 from minicnn.utils import set_random_seed
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 pytestmark = pytest.mark.usefixtures("default_settings")
 

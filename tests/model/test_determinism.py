@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Every route that sums across parts: the im2col and register-tile conv backward (3 and 32
 # filters), a Dense with a long input (its forward is split along D), max-pooling, BatchNorm,

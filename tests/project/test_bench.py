@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch_layout import to_torch_layout
 
 from minicnn import bench, bench_runs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_data(n_train, n_test, seed):
@@ -40,7 +41,7 @@ def test_torch_copy_of_the_small_cnn_computes_what_minicnn_computes():
     bench_runs._torch_weights(copy, net.get_weights())
     x = rng.random((5, 28, 28, 1), dtype=np.float32)
     with torch.no_grad():
-        logits = copy(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
+        logits = copy(torch.from_numpy(to_torch_layout(x))).double().numpy()
     expected = net.predict(x, verbose=0).astype(np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from torch_layout import from_torch_layout, to_torch_layout
 
 from minicnn.data import image_dataset_from_directory, images, img_to_array, load_img, transforms
 
@@ -245,11 +246,11 @@ def test_resize_matches_torch_bilinear(size):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 7, 9, 3))
-    t = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear",
-                                        align_corners=False, antialias=False).permute(0, 2, 3, 1).numpy()
+    t = from_torch_layout(torch.nn.functional.interpolate(torch.from_numpy(to_torch_layout(x)), size=size, mode="bilinear",
+                                                          align_corners=False, antialias=False))
     np.testing.assert_allclose(transforms.resize(x, size), t, rtol=0, atol=1e-12)
-    t = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size,
-                                        mode="nearest-exact").permute(0, 2, 3, 1).numpy()
+    t = from_torch_layout(torch.nn.functional.interpolate(torch.from_numpy(to_torch_layout(x)), size=size,
+                                                          mode="nearest-exact"))
     np.testing.assert_array_equal(transforms.resize(x, size, "nearest"), t)
 
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from minicnn import metrics, plotting  # noqa: E402
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPooling2D  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

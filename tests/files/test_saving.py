@@ -18,7 +18,7 @@ from minicnn.layers import Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 from minicnn.models import Sequential, load_model
 from minicnn.utils import set_random_seed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.usefixtures("default_settings")
 
