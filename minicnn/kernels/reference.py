@@ -24,12 +24,10 @@ from .shapes import (  # noqa: F401  (the checks are re-exported: both backends 
     FLOAT_DTYPES,
     check_activation,
     check_batchnorm_args,
-    check_conv2d_args,
-    check_dy,
     check_float,
-    check_pool2d_args,
-    conv2d_output_hw,
-    pool2d_output_hw,
+    check_output_shape,
+    conv2d_geometry,
+    pool2d_geometry,
 )
 
 # ----------------------------------------------------------------------------------------
@@ -37,8 +35,7 @@ from .shapes import (  # noqa: F401  (the checks are re-exported: both backends 
 # ----------------------------------------------------------------------------------------
 
 
-def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), activation=None,
-                   workspace=None):
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), activation=None):
     """Cross-correlate a batch of NHWC images with a bank of filters.
 
     Parameters
@@ -51,8 +48,6 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     dilation : (DH, DW), the step between kernel taps (1: an ordinary kernel)
     activation : None or 'relu'
         'relu' returns ``max(y, 0)`` (the Numba backend applies it in the same pass as the bias).
-    workspace : dict or None
-        Ignored here; the Numba backend keeps its im2col matrix in it for the backward pass.
 
     Returns
     -------
@@ -66,11 +61,10 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
         y[n, i, j, f] = b[f] + sum_{u, v, c} w[u, v, c, f] * xp[n, SH*i + DH*u, SW*j + DW*v, c]
     """
     check_float("conv2d_forward", "x", x)
-    check_conv2d_args("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
+    g = conv2d_geometry("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
     check_activation("conv2d_forward", activation)
     w = w.astype(x.dtype, copy=False)  # a float64 kernel must not up-cast float32 data
-    (KH, KW, _, F), (SH, SW), (DH, DW) = w.shape, strides, dilation
-    OH, OW = conv2d_output_hw(x.shape, (KH, KW), strides, padding, dilation)
+    (KH, KW, _, F), (SH, SW), (DH, DW), (OH, OW) = w.shape, strides, dilation, (g.OH, g.OW)
     xp = pad_hw(x, padding)
     y = np.zeros((x.shape[0], OH, OW, F), dtype=x.dtype)
     for u in range(KH):  # one kernel offset at a time: every output pixel
@@ -110,12 +104,11 @@ def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0
     forward pass read, then crop the padding away (padded pixels are constants).
     """
     check_float("conv2d_backward_input", "dy", dy)
-    check_conv2d_args("conv2d_backward_input", x_shape, w.shape, strides, padding, dilation)
-    check_dy("conv2d_backward_input", dy.shape, x_shape, w.shape, strides, padding, dilation)
+    g = conv2d_geometry("conv2d_backward_input", x_shape, w.shape, strides, padding, dilation)
+    check_output_shape("conv2d_backward_input", "dy", dy.shape, (x_shape[0], g.OH, g.OW, w.shape[3]))
     w = w.astype(dy.dtype, copy=False)
-    (KH, KW, C, _), (SH, SW), (DH, DW) = w.shape, strides, dilation
+    (KH, KW, C, _), (SH, SW), (DH, DW), (OH, OW) = w.shape, strides, dilation, (g.OH, g.OW)
     N, H, W, _ = x_shape
-    OH, OW = dy.shape[1:3]
     (pt, pb), (pl, pr) = padding
     dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), dtype=dy.dtype)
     for u in range(KH):
@@ -152,11 +145,10 @@ def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0),
     """
     (KH, KW), C, F = kernel_size, x.shape[-1], dy.shape[-1]
     check_float("conv2d_backward_weights", "x", x)
-    check_conv2d_args("conv2d_backward_weights", x.shape, (KH, KW, C, F), strides, padding, dilation)
-    check_dy("conv2d_backward_weights", dy.shape, x.shape, (KH, KW, C, F), strides, padding, dilation)
+    g = conv2d_geometry("conv2d_backward_weights", x.shape, (KH, KW, C, F), strides, padding, dilation)
+    check_output_shape("conv2d_backward_weights", "dy", dy.shape, (x.shape[0], g.OH, g.OW, F))
     dy = dy.astype(x.dtype, copy=False)
-    (SH, SW), (DH, DW) = strides, dilation
-    OH, OW = dy.shape[1:3]
+    (SH, SW), (DH, DW), (OH, OW) = strides, dilation, (g.OH, g.OW)
     xp = pad_hw(x, padding)
     dw = np.empty((KH, KW, C, F), dtype=x.dtype)
     for u in range(KH):
@@ -169,7 +161,7 @@ def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0),
 
 
 def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), relu_output=None,
-                    input_gradient=True, workspace=None):
+                    input_gradient=True):
     """All the gradients of :func:`conv2d_forward` in one call: ``(dx, dw, db)``.
 
     Parameters
@@ -183,8 +175,6 @@ def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation
         respect to ``y = max(z, 0)``, and the chain rule first multiplies it by ``y > 0``.
     input_gradient : bool
         False skips ``dx`` and returns None for it (the first layer of a model needs none).
-    workspace : dict or None
-        Ignored here (see :func:`conv2d_forward`).
 
     Returns
     -------
@@ -240,10 +230,9 @@ def maxpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     maximum (the first NaN wins), as in ``np.argmax``.
     """
     check_float("maxpool2d_forward", "x", x)
-    check_pool2d_args("maxpool2d_forward", x.shape, pool_size, strides, padding)
-    (PH, PW), (SH, SW) = pool_size, strides
+    g = pool2d_geometry("maxpool2d_forward", x.shape, pool_size, strides, padding)
+    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, (g.OH, g.OW)
     N, _, _, C = x.shape
-    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
     xp = pad_hw(x, padding, value=-np.inf)
     # every PH x PW window, then keep one window in SH (SW): (N, OH, OW, C, PH, PW)
     windows = sliding_window_view(xp, (PH, PW), axis=(1, 2))[:, ::SH, ::SW]
@@ -281,16 +270,11 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
     the whole gradient (as ``np.argmax`` and PyTorch's CPU ``max_pool2d``).
     """
     check_float("maxpool2d_backward", "dy", dy)
-    check_pool2d_args("maxpool2d_backward", x_shape, pool_size, strides, padding)
-    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
-    for name, shape in (("dy", dy.shape), ("argmax", argmax.shape)):
-        if tuple(shape) != expected:
-            raise ValueError(
-                f"maxpool2d_backward: Expected `{name}` of shape {expected}. Received: {name}.shape={tuple(shape)}"
-            )
-    (_, PW), (SH, SW) = pool_size, strides
+    g = pool2d_geometry("maxpool2d_backward", x_shape, pool_size, strides, padding)
     N, H, W, C = x_shape
-    OH, OW = dy.shape[1:3]
+    check_output_shape("maxpool2d_backward", "dy", dy.shape, (N, g.OH, g.OW, C))
+    check_output_shape("maxpool2d_backward", "argmax", argmax.shape, (N, g.OH, g.OW, C))
+    (_, PW), (SH, SW), (OH, OW) = pool_size, strides, (g.OH, g.OW)
     (pt, pb), (pl, pr) = padding
     u, v = np.divmod(argmax, PW)
     n, i, j, c = np.ogrid[:N, :OH, :OW, :C]  # broadcast to (N, OH, OW, C)
@@ -439,16 +423,15 @@ def avgpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     smaller than the pool.
     """
     check_float("avgpool2d_forward", "x", x)
-    check_pool2d_args("avgpool2d_forward", x.shape, pool_size, strides, padding)
-    (PH, PW), (SH, SW) = pool_size, strides
+    g = pool2d_geometry("avgpool2d_forward", x.shape, pool_size, strides, padding)
+    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, (g.OH, g.OW)
     N, _, _, C = x.shape
-    OH, OW = pool2d_output_hw(x.shape, pool_size, strides, padding)
     xp = pad_hw(x, padding)
     total = np.zeros((N, OH, OW, C), dtype=x.dtype)
     for u in range(PH):  # one window offset at a time, as in conv2d_forward
         for v in range(PW):
             total += xp[:, u : u + SH * OH : SH, v : v + SW * OW : SW, :]
-    return total / avgpool2d_counts(x.shape, pool_size, strides, padding, x.dtype)
+    return total / avgpool2d_counts(x.shape, g, x.dtype)
 
 
 def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))):
@@ -473,15 +456,12 @@ def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))
                          over SH*i + u = p + pad_top, SW*j + v = q + pad_left, 0 <= u < PH, 0 <= v < PW
     """
     check_float("avgpool2d_backward", "dy", dy)
-    check_pool2d_args("avgpool2d_backward", x_shape, pool_size, strides, padding)
-    expected = (x_shape[0], *pool2d_output_hw(x_shape, pool_size, strides, padding), x_shape[3])
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"avgpool2d_backward: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy.shape)}")
-    (PH, PW), (SH, SW) = pool_size, strides
+    g = pool2d_geometry("avgpool2d_backward", x_shape, pool_size, strides, padding)
     N, H, W, C = x_shape
-    OH, OW = dy.shape[1:3]
+    check_output_shape("avgpool2d_backward", "dy", dy.shape, (N, g.OH, g.OW, C))
+    (PH, PW), (SH, SW), (OH, OW) = pool_size, strides, (g.OH, g.OW)
     (pt, pb), (pl, pr) = padding
-    share = dy / avgpool2d_counts(x_shape, pool_size, strides, padding, dy.dtype)  # (N, OH, OW, C)
+    share = dy / avgpool2d_counts(x_shape, g, dy.dtype)  # (N, OH, OW, C)
     dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), dtype=dy.dtype)
     for u in range(PH):
         for v in range(PW):
@@ -490,14 +470,14 @@ def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))
     return dxp[:, pt : pt + H, pl : pl + W, :]
 
 
-def avgpool2d_counts(x_shape, pool_size, strides, padding, dtype=np.float64):
+def avgpool2d_counts(x_shape, g, dtype=np.float64):
     """``count[i, j]``, shape (1, OH, OW, 1): how many cells of each window are inside the input.
 
-    The same windowed sum as the forward pass, over an array that is 1 inside and 0 in the padding.
+    The same windowed sum as the forward pass, over an array that is 1 inside and 0 in the
+    padding; ``g`` is the call's :class:`~minicnn.kernels.shapes.ConvGeometry`.
     """
-    (PH, PW), (SH, SW) = pool_size, strides
-    OH, OW = pool2d_output_hw(x_shape, pool_size, strides, padding)
-    inside = pad_hw(np.ones((1, x_shape[1], x_shape[2], 1), dtype=dtype), padding)
+    (PH, PW, SH, SW), (OH, OW) = (g.KH, g.KW, g.SH, g.SW), (g.OH, g.OW)
+    inside = pad_hw(np.ones((1, x_shape[1], x_shape[2], 1), dtype=dtype), g.padding)
     count = np.zeros((1, OH, OW, 1), dtype=dtype)
     for u in range(PH):
         for v in range(PW):

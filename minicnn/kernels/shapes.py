@@ -40,23 +40,11 @@ def output_size(size, window, stride, pad=(0, 0), dilation=1):
     return (size + pad[0] + pad[1] - effective) // stride + 1
 
 
-def conv2d_output_hw(x_shape, kernel_hw, strides, padding, dilation=(1, 1)):
-    """``(OH, OW)`` of a convolution (see :func:`minicnn.kernels.output_size`)."""
-    return tuple(
-        output_size(n, k, s, p, d)
-        for n, k, s, p, d in zip(x_shape[1:3], kernel_hw, strides, padding, dilation, strict=True)
-    )
-
-
-def pool2d_output_hw(x_shape, pool_size, strides, padding):
-    """``(OH, OW)`` of a pooling window sliding over ``x``."""
-    return conv2d_output_hw(x_shape, pool_size, strides, padding)
-
-
 class ConvGeometry(NamedTuple):
     """Everything about a convolution's (or pooling's) sliding window, as plain Python ints.
 
-    Built once per kernel call by :meth:`of` and passed whole to every helper and jitted loop,
+    Built once per kernel call (by :func:`conv2d_geometry` or :func:`pool2d_geometry`, which
+    check the arguments first) and passed whole to every helper and jitted loop,
     so no helper recomputes the output size or reads the padding from another argument.
     (Plain ints: a NumPy int32 anywhere would change the tuple's type and compile every
     kernel a second time.)
@@ -83,7 +71,8 @@ class ConvGeometry(NamedTuple):
     def of(cls, x_shape, window, strides, padding, dilation=(1, 1)):
         """The geometry of ``window`` sliding over an NHWC input of shape ``x_shape``."""
         (PT, PB), (PL, PR) = padding
-        OH, OW = conv2d_output_hw(x_shape, window, strides, padding, dilation)
+        OH, OW = (output_size(n, k, s, p, d)
+                  for n, k, s, p, d in zip(x_shape[1:3], window, strides, padding, dilation, strict=True))
         return cls(*(int(v) for v in (*window, *strides, *dilation, PT, PB, PL, PR, OH, OW)))
 
     @property
@@ -92,7 +81,8 @@ class ConvGeometry(NamedTuple):
         return (self.PT, self.PB), (self.PL, self.PR)
 
 
-def _check_geometry(op, x_shape, window, strides, padding, dilation):
+def _geometry(op, x_shape, window, strides, padding, dilation):
+    """The checked :class:`ConvGeometry` of ``window`` sliding over ``x_shape``, or ValueError."""
     if len(x_shape) != 4:
         raise ValueError(f"{op}: Expected an input of shape (N, H, W, C). Received: shape={tuple(x_shape)}")
     for name, pair in (("window", window), ("strides", strides), ("dilation", dilation)):
@@ -103,42 +93,49 @@ def _check_geometry(op, x_shape, window, strides, padding, dilation):
             f"{op}: Expected `padding` as ((top, bottom), (left, right)) of non-negative integers. "
             f"Received: padding={padding}"
         )
-    out_hw = conv2d_output_hw(x_shape, window, strides, padding, dilation)
-    if min(out_hw) < 1:
+    g = ConvGeometry.of(x_shape, window, strides, padding, dilation)
+    if min(g.OH, g.OW) < 1:
         raise ValueError(
             f"{op}: the window {tuple(window)} (dilation {tuple(dilation)}) does not fit in the padded input. "
             f"Received: input shape={tuple(x_shape)}, padding={padding}"
         )
+    return g
 
 
-def check_conv2d_args(op, x_shape, w_shape, strides, padding, dilation):
-    """Raise ValueError unless a convolution of these shapes and settings is well defined."""
+def conv2d_geometry(op, x_shape, w_shape, strides, padding, dilation):
+    """The :class:`ConvGeometry` of a convolution call, after checking that it is well defined.
+
+    Raises ValueError naming the argument (as ``op: Expected ... Received: ...``) for a kernel
+    that is not ``(KH, KW, C, F)`` with the input's C, bad strides, padding or dilation, or a
+    window that does not fit in the padded input.
+    """
     if len(w_shape) != 4:
         raise ValueError(f"{op}: Expected a kernel of shape (KH, KW, C, F). Received: shape={tuple(w_shape)}")
-    _check_geometry(op, x_shape, w_shape[:2], strides, padding, dilation)
+    g = _geometry(op, x_shape, w_shape[:2], strides, padding, dilation)
     if x_shape[3] != w_shape[2]:
         raise ValueError(
             f"{op}: Expected the kernel's input channels to match the input's. "
             f"Received: input shape={tuple(x_shape)}, kernel shape={tuple(w_shape)}"
         )
+    return g
 
 
-def check_dy(op, dy_shape, x_shape, w_shape, strides, padding, dilation):
-    """Raise ValueError unless ``dy`` has the shape the forward pass would have produced."""
-    expected = (x_shape[0], *conv2d_output_hw(x_shape, w_shape[:2], strides, padding, dilation), w_shape[3])
-    if tuple(dy_shape) != expected:
-        raise ValueError(f"{op}: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy_shape)}")
-
-
-def check_pool2d_args(op, x_shape, pool_size, strides, padding):
-    """Raise ValueError unless max-pooling with these settings is well defined."""
-    _check_geometry(op, x_shape, pool_size, strides, padding, (1, 1))
+def pool2d_geometry(op, x_shape, pool_size, strides, padding):
+    """The :class:`ConvGeometry` of a pooling call, after checking that it is well defined."""
+    g = _geometry(op, x_shape, pool_size, strides, padding, (1, 1))
     # a pad as wide as the pool would make windows of padding only, whose max is -inf
     if any(p >= k for pair, k in zip(padding, pool_size, strict=True) for p in pair):
         raise ValueError(
             f"{op}: Expected each pad to be smaller than the pool. "
             f"Received: pool_size={tuple(pool_size)}, padding={padding}"
         )
+    return g
+
+
+def check_output_shape(op, name, shape, expected):
+    """Raise ValueError unless ``shape`` (of a gradient ``name``) is the forward output's ``expected``."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{op}: Expected `{name}` of shape {tuple(expected)}. Received: {name}.shape={tuple(shape)}")
 
 
 def check_activation(op, activation):

@@ -113,12 +113,11 @@ class Conv2D(Layer):
         pads = self._padding(x.shape)
         self.cache = {}  # let go of the last batch's arrays first: the kernels can reuse them
         relu = self.activation_is_fused
-        workspace = {} if training else None  # the Numba kernels keep their im2col matrix there
         y = kernels.conv2d_forward(
             x, self.params["kernel"], self.params.get("bias"), self.strides, pads, self.dilation_rate,
-            activation="relu" if relu else None, workspace=workspace,
+            activation="relu" if relu else None,
         )
-        self.cache = {"x": x, "padding": pads, "relu_output": y if relu else None, "workspace": workspace}
+        self.cache = {"x": x, "padding": pads, "relu_output": y if relu else None}
         return y
 
     def _backward(self, dy):
@@ -127,7 +126,6 @@ class Conv2D(Layer):
         dx, dw, db = kernels.conv2d_backward(
             dy, x, self.params["kernel"], self.strides, pads, self.dilation_rate,
             relu_output=self.cache["relu_output"], input_gradient=self.needs_input_gradient,
-            workspace=self.cache["workspace"],
         )
         self.grads["kernel"] = dw
         if self.use_bias:

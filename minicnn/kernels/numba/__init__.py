@@ -41,9 +41,7 @@ Fusion, part of the backend contract (the reference honours the same arguments):
   apply ReLU while the output is in cache; the backward calls take ``relu_output=`` (that
   output) and apply ReLU's derivative first;
 - ``conv2d_backward(..., input_gradient=False)`` and ``dense_backward`` likewise skip ``dx``
-  (a model's first layer needs none);
-- ``conv2d_forward(..., workspace=d)`` lets ``conv2d_backward(..., workspace=d)`` reuse what
-  the forward pass built from ``x`` (ignored by the reference).
+  (a model's first layer needs none).
 
 The machinery lives apart, out of the reader's way: ``_runtime.py`` (cache folder, JIT
 options), ``_threads.py`` (lanes and BLAS thread control), ``_buffers.py`` (reused arrays).

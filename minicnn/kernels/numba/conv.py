@@ -13,14 +13,13 @@ import math
 
 import numpy as np
 
-from ..shapes import ConvGeometry, check_activation, check_conv2d_args, check_dy, check_float
+from ..shapes import check_activation, check_float, check_output_shape, conv2d_geometry
 from . import im2col, tiles
 from ._buffers import POOL, fill_zero
 from ._threads import LANES, PARTS, split
 
 
-def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), activation=None,
-                   workspace=None):
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), activation=None):
     """Cross-correlate a batch of NHWC images with a bank of filters (tiles, or im2col + BLAS).
 
     Parameters
@@ -33,10 +32,6 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     dilation : (DH, DW)
     activation : None or 'relu'
         'relu' returns ``max(y, 0)``, applied to each chunk of ``y`` as soon as it is computed.
-    workspace : dict or None
-        A training layer's dict: the im2col matrix is kept there (when it is at most
-        ``KEEP_COLS_BYTES``) for :func:`conv2d_backward` with the same ``x`` and workspace,
-        which then need not build it again.
 
     Returns
     -------
@@ -53,14 +48,13 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     product per chunk of images (the route table: ``minicnn/kernels/numba/__init__.py``).
     """
     check_float("conv2d_forward", "x", x)
-    check_conv2d_args("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
+    g = conv2d_geometry("conv2d_forward", x.shape, w.shape, strides, padding, dilation)
     check_activation("conv2d_forward", activation)
     relu = activation == "relu"
     x = np.ascontiguousarray(x)
-    g = ConvGeometry.of(x.shape, w.shape[:2], strides, padding, dilation)
     if tiles.fits(w.shape[-1]):
-        return _forward_tiled(x, w, b, g, relu, workspace)
-    return im2col.forward(x, w, b, g, relu, workspace)
+        return _forward_tiled(x, w, b, g, relu)
+    return im2col.forward(x, w, b, g, relu)
 
 
 def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
@@ -89,10 +83,9 @@ def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0
     the padding are dropped).
     """
     check_float("conv2d_backward_input", "dy", dy)
-    check_conv2d_args("conv2d_backward_input", x_shape, w.shape, strides, padding, dilation)
-    check_dy("conv2d_backward_input", dy.shape, x_shape, w.shape, strides, padding, dilation)
+    g = conv2d_geometry("conv2d_backward_input", x_shape, w.shape, strides, padding, dilation)
+    check_output_shape("conv2d_backward_input", "dy", dy.shape, (x_shape[0], g.OH, g.OW, w.shape[3]))
     dy = np.ascontiguousarray(dy)
-    g = ConvGeometry.of(x_shape, w.shape[:2], strides, padding, dilation)
     if input_grad_route(g, x_shape[-1]) == "col2im":
         dx, _, _ = im2col.backward(dy, None, w, None, g, tuple(x_shape), need_dx=True, need_dw=False)
     else:
@@ -127,11 +120,10 @@ def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0),
     """
     check_float("conv2d_backward_weights", "x", x)
     (KH, KW), C, F = kernel_size, x.shape[-1], dy.shape[-1]
-    check_conv2d_args("conv2d_backward_weights", x.shape, (KH, KW, C, F), strides, padding, dilation)
-    check_dy("conv2d_backward_weights", dy.shape, x.shape, (KH, KW, C, F), strides, padding, dilation)
+    g = conv2d_geometry("conv2d_backward_weights", x.shape, (KH, KW, C, F), strides, padding, dilation)
+    check_output_shape("conv2d_backward_weights", "dy", dy.shape, (x.shape[0], g.OH, g.OW, F))
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    g = ConvGeometry.of(x.shape, (KH, KW), strides, padding, dilation)
     if tiles.fits(F):
         _, dw, db = _backward_direct(dy, None, None, _padded(x, g), g, x.shape, need_dx=False, need_dw=True)
     else:
@@ -140,7 +132,7 @@ def conv2d_backward_weights(x, dy, kernel_size, strides=(1, 1), padding=((0, 0),
 
 
 def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), relu_output=None,
-                    input_gradient=True, workspace=None):
+                    input_gradient=True):
     """All the gradients of :func:`conv2d_forward` in one pass over ``dy``: ``(dx, dw, db)``.
 
     Parameters
@@ -154,9 +146,6 @@ def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation
         with respect to ``max(z, 0)`` and is first multiplied by ReLU's derivative ``y > 0``.
     input_gradient : bool
         False skips ``dx`` (returned as None): a model's first layer needs no input gradient.
-    workspace : dict or None
-        The forward call's workspace: its im2col matrix of ``x`` is used instead of a new one.
-        ``x`` must not have changed in between (as in every framework that saves activations).
 
     Returns
     -------
@@ -169,24 +158,17 @@ def conv2d_backward(dy, x, w, strides=(1, 1), padding=((0, 0), (0, 0)), dilation
     masked ``dz`` and the im2col matrices only ever exist for one cache-sized chunk.
     """
     check_float("conv2d_backward", "x", x)
-    check_conv2d_args("conv2d_backward", x.shape, w.shape, strides, padding, dilation)
-    check_dy("conv2d_backward", dy.shape, x.shape, w.shape, strides, padding, dilation)
-    if relu_output is not None and tuple(relu_output.shape) != tuple(dy.shape):
-        raise ValueError(
-            f"conv2d_backward: Expected `relu_output` of shape {tuple(dy.shape)}. "
-            f"Received: relu_output.shape={tuple(relu_output.shape)}"
-        )
+    g = conv2d_geometry("conv2d_backward", x.shape, w.shape, strides, padding, dilation)
+    check_output_shape("conv2d_backward", "dy", dy.shape, (x.shape[0], g.OH, g.OW, w.shape[3]))
+    if relu_output is not None:
+        check_output_shape("conv2d_backward", "relu_output", relu_output.shape, dy.shape)
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     if relu_output is not None:
         relu_output = np.ascontiguousarray(relu_output, dtype=x.dtype)
-    g = ConvGeometry.of(x.shape, w.shape[:2], strides, padding, dilation)
-    kept = workspace if workspace and workspace.get("x") is x and workspace.get("geometry") == g else {}
     if tiles.fits(w.shape[-1]):
-        xp = kept["xp"] if "xp" in kept else _padded(x, g)
-        return _backward_direct(dy, relu_output, w, xp, g, x.shape, need_dx=input_gradient, need_dw=True)
-    return im2col.backward(dy, relu_output, w, x, g, x.shape, need_dx=input_gradient, need_dw=True,
-                           kept=kept.get("cols"))
+        return _backward_direct(dy, relu_output, w, _padded(x, g), g, x.shape, need_dx=input_gradient, need_dw=True)
+    return im2col.backward(dy, relu_output, w, x, g, x.shape, need_dx=input_gradient, need_dw=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,7 +188,7 @@ def _padded(x, g):
     return xp
 
 
-def _forward_tiled(x, w, b, g, relu, workspace):
+def _forward_tiled(x, w, b, g, relu):
     """:func:`conv2d_forward` by :func:`tiles.conv_pixels`, the output pixels split over the lanes."""
     KH, KW, SH, SW, DH, DW, _, _, _, _, OH, OW = g
     N, C, F = x.shape[0], x.shape[-1], w.shape[-1]
@@ -216,9 +198,6 @@ def _forward_tiled(x, w, b, g, relu, workspace):
     bp = bias.reshape(F // tiles.FB, tiles.FB)
     y = POOL.empty("conv2d.y", (N, OH, OW, F), x.dtype)
     _conv_pixels(xp, wp, bp, (KH, KW), (SH, SW), (DH, DW), y, relu)
-    if workspace is not None:  # the backward pass reuses the padded input
-        workspace.clear()
-        workspace.update(x=x, geometry=g, xp=xp)
     return y
 
 

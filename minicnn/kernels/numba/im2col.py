@@ -25,12 +25,8 @@ from ._threads import LANES, PARTS, split
 # batch (benchmarks/RESULTS.md)
 COLS_BUDGET_BYTES = 8 * 2**20
 
-# a training layer keeps its whole im2col matrix from the forward pass for the backward pass
-# when it is at most this big (32 images of 13x13x32 -> 64 filters: 4.5 MB)
-KEEP_COLS_BYTES = 64 * 2**20
 
-
-def forward(x, w, b, g, relu, workspace):
+def forward(x, w, b, g, relu):
     """:func:`conv2d_forward` as ``cols @ [w2d; b]``, one cache-sized chunk of images at a time.
 
     ``cols[(n, i, j), (u, v, c)] = xp[n, SH*i + DH*u, SW*j + DW*v, c]`` with a last column of
@@ -49,16 +45,10 @@ def forward(x, w, b, g, relu, workspace):
     y = POOL.empty("conv2d.y", (N, g.OH, g.OW, F), x.dtype)
     y2d = y.reshape(N * rows, F)
     images = split(N, PARTS)
-    kept = None
-    if workspace is not None:
-        workspace.clear()
-        if not is_pointwise(g) and N * rows * (K + 1) * x.itemsize <= KEEP_COLS_BYTES:
-            kept = POOL.empty("conv2d.kept_cols", (N * rows, K + 1), x.dtype)
-            workspace.update(x=x, geometry=g, cols=kept)
 
-    def part(k):  # part k owns the images n0:n1 of y (and of the kept im2col matrix)
+    def part(k):  # part k owns the images n0:n1 of y
         n0, n1 = images[k]
-        for c0, c1, cols in _im2col_chunks(x, g, n0, n1, into=kept):
+        for c0, c1, cols in _im2col_chunks(x, g, n0, n1):
             out = y2d[c0 * rows : c1 * rows]
             np.matmul(cols, w2d, out=out)  # (rows, K + 1) @ (K + 1, F): with the bias
             if is_pointwise(g) and b is not None:
@@ -70,7 +60,7 @@ def forward(x, w, b, g, relu, workspace):
     return y
 
 
-def backward(dy, y, w, x, g, x_shape, need_dx, need_dw, kept=None):
+def backward(dy, y, w, x, g, x_shape, need_dx, need_dw):
     """``(dx, dw, db)`` (None where not needed) for contiguous ``dy`` (and ``y``, ``x``) of x's dtype.
 
     Per part of the images, one cache-sized chunk at a time: ``dz = dy * (y > 0)`` (when ``y``
@@ -96,9 +86,7 @@ def backward(dy, y, w, x, g, x_shape, need_dx, need_dw, kept=None):
         if need_dx and not pointwise and n1 > n0:
             fill_zero(dx[n0:n1].reshape(-1))  # col2im adds into it
         step = images_per_chunk(N, rows * (K + 1) * dtype.itemsize)
-        if kept is not None:  # the forward pass's im2col matrix, chunk by chunk
-            chunks = ((c0, min(n1, c0 + step), kept[c0 * rows : min(n1, c0 + step) * rows]) for c0 in range(n0, n1, step))
-        elif need_dw:
+        if need_dw:
             chunks = _im2col_chunks(x, g, n0, n1)
         else:  # the chunks _im2col_chunks would make, without their matrices
             chunks = ((c0, min(n1, c0 + step), None) for c0 in range(n0, n1, step))
@@ -147,13 +135,12 @@ def images_per_chunk(N, bytes_per_image):
     return max(1, min(N, COLS_BUDGET_BYTES // max(bytes_per_image, 1)))
 
 
-def _im2col_chunks(x, g, start=0, stop=None, into=None):
+def _im2col_chunks(x, g, start=0, stop=None):
     """Yield ``(n0, n1, cols)``: the im2col matrix of images ``n0:n1``, ``(rows, KH*KW*C + 1)``
     with a last column of ones, for cache-sized chunks of the images ``start:stop``.
     (For a 1x1 kernel at stride 1, ``cols`` is x itself, ``(rows, C)``.)
 
-    One buffer is reused for all chunks, so each ``cols`` is valid until the next one; or,
-    with ``into`` (the matrix of all the images), each chunk is built in its rows of ``into``.
+    One buffer is reused for all chunks, so each ``cols`` is valid until the next one.
     """
     N, H, W, C = x.shape
     stop = N if stop is None else stop
@@ -164,11 +151,10 @@ def _im2col_chunks(x, g, start=0, stop=None, into=None):
         yield start, stop, x[start:stop].reshape((stop - start) * rows, C)  # x as it is
         return
     step = images_per_chunk(N, rows * (KH * KW * C + 1) * x.itemsize)
-    if into is None:
-        buffer = POOL.empty("conv2d.cols", (min(step, stop - start) * rows, KH * KW * C + 1), x.dtype)
+    buffer = POOL.empty("conv2d.cols", (min(step, stop - start) * rows, KH * KW * C + 1), x.dtype)
     for n0 in range(start, stop, step):
         n1 = min(stop, n0 + step)
-        cols = buffer[: (n1 - n0) * rows] if into is None else into[n0 * rows : n1 * rows]
+        cols = buffer[: (n1 - n0) * rows]
         _im2col(x[n0:n1].reshape(n1 - n0, H, W * C), C, g, cols)
         yield n0, n1, cols
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..shapes import ConvGeometry, check_float, check_pool2d_args
+from ..shapes import check_float, check_output_shape, pool2d_geometry
 from ._buffers import POOL, fill_zero
 from ._runtime import JIT_OPTIONS
 from ._threads import LANES, PARTS, split
@@ -45,9 +45,8 @@ def maxpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     A NaN counts as a maximum (the first NaN wins), as in ``np.argmax``.
     """
     check_float("maxpool2d_forward", "x", x)
-    check_pool2d_args("maxpool2d_forward", x.shape, pool_size, strides, padding)
+    g = pool2d_geometry("maxpool2d_forward", x.shape, pool_size, strides, padding)
     x = np.ascontiguousarray(x)
-    g = ConvGeometry.of(x.shape, pool_size, strides, padding)
     N, _, _, C = x.shape
     y = POOL.empty("maxpool2d.y", (N, g.OH, g.OW, C), x.dtype)
     argmax = POOL.empty("maxpool2d.argmax", (N, g.OH, g.OW, C), np.int32)
@@ -86,18 +85,13 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
     forward pass: the first maximum in row-major window order gets the whole gradient.
     """
     check_float("maxpool2d_backward", "dy", dy)
-    check_pool2d_args("maxpool2d_backward", x_shape, pool_size, strides, padding)
-    g = ConvGeometry.of(x_shape, pool_size, strides, padding)
-    expected = (x_shape[0], g.OH, g.OW, x_shape[3])
-    for name, shape in (("dy", dy.shape), ("argmax", argmax.shape)):
-        if tuple(shape) != expected:
-            raise ValueError(
-                f"maxpool2d_backward: Expected `{name}` of shape {expected}. Received: {name}.shape={tuple(shape)}"
-            )
+    g = pool2d_geometry("maxpool2d_backward", x_shape, pool_size, strides, padding)
+    check_output_shape("maxpool2d_backward", "dy", dy.shape, (x_shape[0], g.OH, g.OW, x_shape[3]))
+    check_output_shape("maxpool2d_backward", "argmax", argmax.shape, (x_shape[0], g.OH, g.OW, x_shape[3]))
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     images = split(x_shape[0], PARTS)
-    disjoint = strides[0] >= pool_size[0] and strides[1] >= pool_size[1]  # windows do not overlap
+    disjoint = g.SH >= g.KH and g.SW >= g.KW  # windows do not overlap
     dx = POOL.empty("maxpool2d.dx", x_shape, dy.dtype)
 
     def part(k):  # part k owns the images n0:n1 of dx (windows never cross images)
@@ -220,9 +214,8 @@ def avgpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     padding is left out of the sum and the divisor (Keras 'same'; PyTorch's ``count_include_pad=False``).
     """
     check_float("avgpool2d_forward", "x", x)
-    check_pool2d_args("avgpool2d_forward", x.shape, pool_size, strides, padding)
+    g = pool2d_geometry("avgpool2d_forward", x.shape, pool_size, strides, padding)
     x = np.ascontiguousarray(x)
-    g = ConvGeometry.of(x.shape, pool_size, strides, padding)
     y = POOL.empty("avgpool2d.y", (x.shape[0], g.OH, g.OW, x.shape[3]), x.dtype)
     images = split(x.shape[0], PARTS)
 
@@ -254,11 +247,8 @@ def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))
         dx[n, p, q, c] = sum_{i, j} dy[n, i, j, c] / count[i, j]   over the windows (i, j) covering (p, q)
     """
     check_float("avgpool2d_backward", "dy", dy)
-    check_pool2d_args("avgpool2d_backward", x_shape, pool_size, strides, padding)
-    g = ConvGeometry.of(x_shape, pool_size, strides, padding)
-    expected = (x_shape[0], g.OH, g.OW, x_shape[3])
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"avgpool2d_backward: Expected `dy` of shape {expected}. Received: dy.shape={tuple(dy.shape)}")
+    g = pool2d_geometry("avgpool2d_backward", x_shape, pool_size, strides, padding)
+    check_output_shape("avgpool2d_backward", "dy", dy.shape, (x_shape[0], g.OH, g.OW, x_shape[3]))
     dy = np.ascontiguousarray(dy)
     dx = POOL.empty("avgpool2d.dx", tuple(x_shape), dy.dtype)
     images = split(x_shape[0], PARTS)
