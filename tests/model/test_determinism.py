@@ -43,7 +43,6 @@ model.fit(x, y, batch_size=48, epochs=2, shuffle=True, verbose=0)
 np.savez(sys.argv[1], *model.get_weights())
 """
 
-
 def train_with_threads(threads, out):
     env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", TRAIN, str(out)], env=env, capture_output=True, text=True)

@@ -177,7 +177,6 @@ SKLEARN_DOC_EXAMPLE = """\
 weighted avg       0.70      0.60      0.61         5
 """
 
-
 def test_classification_report_matches_sklearn_docstring():
     # The example in sklearn.metrics.classification_report's docstring, character for character.
     report = metrics.classification_report(

@@ -174,3 +174,32 @@ def test_first_layer_gives_input_gradients_again_after_fit():
     y = conv(rng.standard_normal((2, 6, 6, 1)))
     dx = conv.backward(np.ones_like(y))
     assert dx is not None and dx.shape == (2, 6, 6, 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_training_step_skips_the_first_layers_input_gradient_and_nothing_else(backend):
+    old = minicnn.get_backend()
+    minicnn.set_backend(backend)
+    try:
+        minicnn.utils.set_random_seed(7)
+        model = Sequential([Input(shape=(10, 10, 1)), Conv2D(4, 3, activation="relu"), MaxPooling2D(2),
+                            Flatten(), Dense(8, activation="relu"), Dense(3, activation="softmax")])
+        model.compile(optimizer=SGD(0.0), loss="sparse_categorical_crossentropy")
+        rng = np.random.default_rng(7)
+        x, y = rng.standard_normal((5, 10, 10, 1)), rng.integers(0, 3, 5)
+        model.compute_gradients(x, y)   # the full backward pass
+        full = [g.copy() for layer in model.layers for g in layer.grads.values()]
+        assert all(layer.needs_input_gradient for layer in model.layers)
+        seen = {}
+        for layer in model.layers:   # record each layer's flag while its backward runs
+            def spy(dz, layer=layer, inner=layer._backward):
+                seen[layer.name] = layer.needs_input_gradient
+                return inner(dz)
+            layer._backward = spy
+        model.train_on_batch(x, y)   # lr 0: the weights stay, the gradients are recomputed
+        assert [seen[layer.name] for layer in model.layers] == [False] + [True] * (len(model.layers) - 1)
+        assert all(layer.needs_input_gradient for layer in model.layers)   # restored after the step
+        for a, b in zip(full, (g for layer in model.layers for g in layer.grads.values())):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        minicnn.set_backend(old)

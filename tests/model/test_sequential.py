@@ -5,10 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from small_models import (
-    assert_same_predictions,
-    small_cnn,
-)
+from small_models import assert_same_predictions, small_cnn
 
 import minicnn
 from minicnn import losses

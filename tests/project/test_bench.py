@@ -72,3 +72,24 @@ def test_a_run_in_its_own_process_answers_one_line_of_json():
 def test_an_unknown_run_is_refused_by_name():
     with pytest.raises(SystemExit, match="unknown run 'stedy'"):
         bench_runs.main(["stedy", "minicnn", "4", "3"])
+
+
+def test_bench_peak_memory_without_proc_or_resource_is_nan(monkeypatch):
+    # Windows has neither /proc nor the resource module: the benchmark reports NaN, it does not crash
+    import builtins
+    import math
+
+    from minicnn import bench
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise OSError("no /proc here")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setitem(sys.modules, "resource", None)   # `import resource` raises ImportError
+    assert math.isnan(bench.peak_rss_mb())
+    monkeypatch.delitem(sys.modules, "resource")
+    assert bench.peak_rss_mb() > 0
