@@ -1,5 +1,6 @@
-"""The package's layout: imports go one way (no cycle, none hidden inside a function), and the README's
-map of the code names files that exist."""
+"""The project's layout: the package's imports go one way (no cycle, none hidden inside a function), the
+README's map of the code names files that exist, and the test modules are short, documented and uniquely
+named."""
 
 import ast
 import re
@@ -66,3 +67,18 @@ def test_the_readme_map_of_the_code_names_existing_files():
         if n.endswith("/"):
             folder = n
     assert missing == [], f"README names {missing}, which are not in minicnn/"
+
+
+def test_test_modules_are_short_documented_and_uniquely_named():
+    """pytest's default import mode puts each test folder on ``sys.path`` and imports a module by its file
+    name (no ``__init__.py``, so that ``from helpers import ...`` works from every folder): two modules
+    with one name in two folders would collide. Each says what it checks in its docstring."""
+    tests = ROOT / "tests"
+    modules = sorted(p for p in tests.rglob("*.py") if "mutation" not in p.parts)
+    names = [p.name for p in modules]
+    assert sorted({n for n in names if names.count(n) > 1}) == [], "test modules that share a file name"
+    assert [p for p in tests.rglob("__init__.py")] == []
+    long = {str(p.relative_to(tests)): n for p in modules if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert long == {}, f"test modules over 500 lines: {long}"
+    undocumented = [str(p.relative_to(tests)) for p in modules if not ast.get_docstring(ast.parse(p.read_text(encoding="utf-8")))]
+    assert undocumented == [], f"test modules without a docstring: {undocumented}"
