@@ -274,6 +274,7 @@ for C, F, mode in ((32, 64, "same"), (3, 32, "valid")):
 print("ok")
 """
 
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="compiles for an x86 CPU (Haswell)")
 def test_tiles_sized_for_avx2_match_reference(tmp_path):
     # the tile sizes depend on the vector registers Numba compiles for: check the AVX2 ones too

@@ -18,19 +18,14 @@ import minicnn
 from minicnn.kernels import KERNELS, reference
 from minicnn.kernels import numba as fast
 
-numba_backend = pytest.importorskip("minicnn.kernels.numba")
-
-
 ROOT = Path(__file__).resolve().parents[2]
-
-
 PACKAGE = ROOT / "minicnn" / "kernels"
 
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_fast_and_reference_kernels_have_identical_signatures(name):
-    fast, ref = inspect.signature(getattr(numba_backend, name)), inspect.signature(getattr(reference, name))
-    assert fast == ref, f"{name}: numba {fast} != reference {ref}"
+    numba_sig, ref_sig = inspect.signature(getattr(fast, name)), inspect.signature(getattr(reference, name))
+    assert numba_sig == ref_sig, f"{name}: numba {numba_sig} != reference {ref_sig}"
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -226,6 +221,7 @@ model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
 np.save(sys.argv[2], model.predict(x, verbose=0))
 """
+
 
 def test_disable_jit_runs_every_kernel_as_plain_python_with_32_filter_convolutions(tmp_path):
     # the way a learner steps through a jitted loop in a debugger; same numbers as the compiled run
