@@ -1,7 +1,8 @@
 """Every planted bug of ``tests/mutation/mutants.py`` still finds its source text (the mutation check
-itself, ``.ci/mutation_check.py``, runs in CI: a few minutes)."""
+itself, ``.ci/mutation_check.py``, runs in CI: a few minutes), and the README counts them."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,3 +33,10 @@ def test_a_stale_mutant_is_reported_by_name(tmp_path):
     (tmp_path / m.path).write_text((ROOT / m.path).read_text())
     (problem,) = check.stale([m], tmp_path)
     assert m.name in problem and "occurs 0 times" in problem and "update tests/mutation/mutants.py" in problem
+
+
+def test_the_readme_counts_the_mutants():
+    check = load(ROOT / ".ci" / "mutation_check.py")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (count,) = re.findall(r"mutation_check\.py` plants (\d+)\s+plausible", readme)
+    assert int(count) == len(check.MUTANTS)
