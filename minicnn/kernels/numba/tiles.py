@@ -62,7 +62,9 @@ def _avx512():
 # registers cannot hold an AVX-512 tile. (Numba's cache is per CPU target: each compiles its own.)
 FB = 32  # filters per tile: two AVX-512 registers (four AVX2 ones) of float32
 JB = 6 if _avx512() else 3  # output pixels per forward tile: JB * FB / 16 = 12 AVX-512 registers of sums
-KB = 9  # kernel taps per weight-gradient tile: 18 AVX-512 registers of sums (a 3x3 kernel row of RGB)
+# kernel taps per weight-gradient tile: KB * FB / 16 = 18 AVX-512 registers of sums (a 3x3 kernel row
+# of RGB); with AVX2, 9 taps need 36 registers of 16 and spill: 3 taps (12) measured fastest there
+KB = 9 if _avx512() else 3
 SJB = 4 if _avx512() else 2  # output pixels per tile of the small kernels' input gradient
 CHUNK_PIXELS = 2048  # weight_grad sums this many output pixels (image rows) per pass over the taps
 
