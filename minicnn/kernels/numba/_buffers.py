@@ -1,8 +1,10 @@
 """Scratch buffers: the kernels' big outputs and work arrays are reused between calls.
 
-Why: a fresh array pays a page fault on the first write to each 4 KiB page, and glibc returns
-blocks of a few MB to the system when they are freed, so every call would pay again; reusing
-them made the small CNN's training step faster (``benchmarks/RESULTS.md``, "No fresh big arrays").
+Why: glibc hands a block bigger than its mmap threshold (at most 32 MB) back to the system when
+it is freed, and a fresh one pays a page fault on the first write to each 4 KiB page, so the
+blog model's 202 MB convolution output would pay again at every step; with the pool its
+training step is measurably faster, while models whose arrays are a few MB neither gain nor
+lose (``benchmarks/RESULTS.md``, "The lanes and the buffer pool: do they pay?").
 
 A pooled array is handed out again only when no one else holds it (its reference count is back
 to the pool's own): an array a caller kept, or any view of it (a view holds its base), is never

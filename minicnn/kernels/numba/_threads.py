@@ -7,6 +7,9 @@ GIL, and BLAS is held to one thread while the lanes run, so there is one busy th
 Why lanes rather than Numba's ``parallel=True``: with OpenMP threads for the loops and BLAS's
 own threads for the products, each pool's idle threads took the cores from the other, and an
 OpenMP region makes a forked child process die (``benchmarks/RESULTS.md``, "Lanes instead of two thread pools").
+They pay: without them (each kernel's parts one after the other, BLAS with its own threads) a
+training step is about as slow as on one core, since the register tiles, pooling, batch norm
+and Adam never call BLAS (``benchmarks/RESULTS.md``, "The lanes and the buffer pool: do they pay?").
 
 The split depends only on the shapes (``PARTS`` parts, whatever the thread count), so every
 sum is added up in the same order and the results are the same bits on 1, 2 or 16 threads.
