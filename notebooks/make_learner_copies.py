@@ -15,7 +15,7 @@ nothing it needs to *pass*:
   helper variables that no later cell reads are dropped;
 - everything else (loops, imports, intermediate steps) is dropped.
 
-``tests/test_notebooks.py`` runs the copies and checks that every exercise's check fails on its
+``tests/notebooks/test_notebooks.py`` runs the copies and checks that every exercise's check fails on its
 stub, while the solved notebooks pass.
 """
 

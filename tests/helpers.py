@@ -1,10 +1,59 @@
-"""Helpers shared by several test modules (fixtures live in ``conftest.py``)."""
+"""Helpers shared by the test modules (fixtures live in ``conftest.py``, PyTorch's layouts in
+``torch_layout.py``): the finite-difference oracle, inputs without ties or kinks, derived float bounds."""
 
 import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
 from minicnn.kernels import reference
+
+# ----------------------------------------------------------------------------------------------------------
+# Finite differences: the test oracle for every backward (minicnn.gradcheck is the library's own feature)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def numerical_gradient(f, x, h=1e-5):
+    """Central differences of the scalar ``f()`` with respect to every entry of ``x``.
+
+    ``x`` is changed in place, one entry at a time, and restored; ``f`` must read it. In float64 the
+    estimate ``(f(x + h e_i) - f(x - h e_i)) / 2h`` is off by O(h**2 |f'''|) + O(eps64 |f| / h), about
+    1e-10 relative for h = 1e-5 away from kinks, well below the ``rel_error < 1e-7`` the tests ask.
+
+    Returns
+    -------
+    grad : float64 ndarray shaped like ``x``
+    """
+    grad = np.zeros(x.shape, dtype=np.float64)
+    for idx in np.ndindex(x.shape):
+        old = x[idx].copy()
+        x[idx] = old + h
+        f_plus = f()
+        x[idx] = old - h
+        f_minus = f()
+        x[idx] = old
+        grad[idx] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
+def rel_error(a, b):
+    """``||a - b|| / (||a|| + ||b||)``: scale-free, 0 for equal arrays (two zero arrays included)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    denom = np.linalg.norm(a) + np.linalg.norm(b)
+    return 0.0 if denom == 0 else float(np.linalg.norm(a - b) / denom)
+
+
+def assert_gradients_match(loss, pairs, bound=1e-7):
+    """For each ``name: (analytic, param)``, ``rel_error(analytic, numerical_gradient(loss, param)) < bound``;
+    a failure names the array and its error. ``loss()`` reads the params in place; in vector-Jacobian form,
+    ``sum(f(x) * dy)``, its gradient with respect to ``f(x)`` is ``dy``."""
+    for name, (analytic, param) in pairs.items():
+        err = rel_error(analytic, numerical_gradient(loss, param))
+        assert err < bound, f"{name}: rel_error {err:.2e}, not below {bound:g}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------
 
 
 def spaced(rng, shape):
@@ -24,6 +73,39 @@ def pool_problems(draw):
     padding = tuple((draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in pool_size)
     assume(H + sum(padding[0]) >= pool_size[0] and W + sum(padding[1]) >= pool_size[1])
     return (N, H, W, C), dict(pool_size=pool_size, strides=strides, padding=padding)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cases and checks shared by the layer and kernel tests
+# ----------------------------------------------------------------------------------------------------------
+
+
+AVGPOOL_CASES = [
+    # (x shape, pool_size, strides, padding)
+    ((2, 6, 6, 3), 2, None, "valid"),
+    ((2, 7, 7, 2), 2, None, "same"),
+    ((1, 7, 5, 1), 3, 2, "valid"),          # overlapping windows, N = 1, C = 1
+    ((2, 6, 7, 2), (3, 2), (2, 1), "same"), # asymmetric 'same' padding
+    ((1, 5, 5, 1), 5, 1, "valid"),
+    ((2, 5, 4, 3), 3, 1, "same"),           # every border window partly padded
+    ((1, 9, 9, 2), 2, 3, "valid"),          # stride larger than the pool
+]
+
+
+def avgpool_id(case):
+    shape, pool, strides, padding = case
+    return f"{'x'.join(map(str, shape))}-p{pool}-s{strides}-{padding}"
+
+
+def assert_close(name, actual, expected, rtol, atol=0.0):
+    """assert_allclose, naming the array and the index of the worst entry."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    err = np.abs(actual.astype(np.float64) - expected) - rtol * np.abs(expected)
+    worst = np.unravel_index(np.argmax(err), err.shape) if err.size else ()
+    np.testing.assert_allclose(
+        actual, expected, rtol=rtol, atol=atol, err_msg=f"{name}: worst at index {tuple(map(int, worst))}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,6 +202,47 @@ def conv_sums(x, w, b, dy, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1
     return dict(y=(reference.conv2d_forward(ax, aw, ab, **kw), KH * KW * C + 1),
                 dx=(reference.conv2d_backward_input(ady, aw, x.shape, **kw), KH * KW * F),
                 dw=(dw, N * OH * OW), db=(db, N * OH * OW))
+
+
+def bn_bounds(x, gamma, beta, dy, eps, r_mean, r_var):
+    """Largest |difference| between two float computations of each batch-norm kernel output (``y, mean, var``
+    of the forward, ``dx, dgamma, dbeta`` of the backward at the given statistics ``r_mean, r_var``).
+
+    Each computation's error, to first order in u, from the sums' bound (``helpers.float_sum_bound``)
+    and a few roundings per value, in the inputs' dtype; the differences are at most twice that.
+    Forward, with d = x - mean over M rows:
+
+    - mean: a sum of M terms then a division: e_m = gamma_{M+1} * mean|x|;
+    - var = mean(d**2): the mean's error cancels to first order (sum(d) = 0), so
+      e_v = gamma_{M+3} * (var + e_m**2) + e_m**2;
+    - y = g * d / sqrt(var + eps) + beta: e_y = |g| * inv * (e_m + |d| * (e_v / (2 (var + eps)) + 4u))
+      + 3u * (|g| * |d| * inv + |beta|).
+
+    Backward, at the same (given) statistics, xhat = (x - mean) * inv rounded 5u at most:
+    dbeta sums M terms |dy|, dgamma M terms |dy * xhat| (+5 roundings), and
+    dx = g * inv * (dy - dbeta / M - xhat * dgamma / M) inherits both sums' errors:
+    e_dx = gamma_{M+9} * |g| * inv * (|dy| + sum|dy| / M + |xhat| * sum|dy * xhat| / M).
+    """
+    dtype = np.result_type(x.dtype, dy.dtype)
+    u = unit_roundoff(dtype)
+    C = x.shape[-1]
+    x2, dy2 = x.reshape(-1, C).astype(np.float64), dy.reshape(-1, C).astype(np.float64)
+    M = x2.shape[0]
+    ag, ab = np.abs(gamma).astype(np.float64), np.abs(beta).astype(np.float64)
+    mean = x2.mean(axis=0)
+    d = np.abs(x2 - mean)
+    var = (d**2).mean(axis=0)
+    inv = 1 / np.sqrt(var + eps)
+    e_m = gamma_n(M + 1, dtype) * np.abs(x2).mean(axis=0)
+    e_v = gamma_n(M + 3, dtype) * (var + e_m**2) + e_m**2
+    e_y = ag * inv * (e_m + d * (e_v / (2 * (var + eps)) + 4 * u)) + 3 * u * (ag * d * inv + ab)
+    r_inv = 1 / np.sqrt(np.asarray(r_var, np.float64) + eps)
+    xhat = np.abs(x2 - r_mean) * r_inv
+    s_dbeta, s_dgamma = np.abs(dy2).sum(axis=0), np.abs(dy2 * xhat).sum(axis=0)
+    e_dx = gamma_n(M + 9, dtype) * ag * r_inv * (np.abs(dy2) + s_dbeta / M + xhat * s_dgamma / M)
+    bounds = dict(mean=e_m, var=e_v, y=e_y, dbeta=gamma_n(M, dtype) * s_dbeta,
+                  dgamma=gamma_n(M + 5, dtype) * s_dgamma, dx=e_dx)
+    return {k: 2 * v.reshape(x.shape if k in ("y", "dx") else (C,)) for k, v in bounds.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
