@@ -17,6 +17,11 @@ a deeper CNN with 'same' padding and BatchNormalization (the kind ``bench_deep_c
 
     python benchmarks/bench_runtime.py             # 5 rounds, about 5 minutes
     python benchmarks/bench_runtime.py --quick     # the small CNN at batch 32 only
+    python benchmarks/bench_runtime.py --dense     # the Dense split on the lanes against one BLAS call
+
+``--dense``: the Dense kernels (batch 32, 128 units) split along D on the lanes, against one NumPy
+product on BLAS's own threads, each variant in processes of its own (after a product on several
+BLAS threads, OpenBLAS's idle threads spin and would slow the lanes of the same process).
 
 Results: ``benchmarks/results/runtime.json`` (machine, threads, load average, every median).
 """
@@ -95,6 +100,62 @@ def child(variant, model, batch, steps):
     print(json.dumps(times))
 
 
+DENSE_INPUTS = (1600, 12544, 100352, 394272)
+
+
+def dense_child(variant):
+    """Median ms of Dense forward and backward (batch 32, 128 units) per D, printed as JSON."""
+    from minicnn.kernels import numba as backend
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for D in DENSE_INPUTS:
+        x, w = rng.random((32, D), dtype=np.float32), rng.random((D, 128), dtype=np.float32)
+        dy = rng.random((32, 128), dtype=np.float32)
+        medians = []
+        for call in _dense_calls(variant, backend, x, w, dy):
+            for _ in range(5):
+                call()
+            times = []
+            for _ in range(max(8, int(3e7 / (D * 128)))):
+                t0 = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t0)
+            medians.append(bench.median_ms(times))
+        out[str(D)] = medians
+    print(json.dumps(out))
+
+
+def _dense_calls(variant, backend, x, w, dy):
+    """The forward and the backward call of ``variant``: the lanes' kernels, or one product each on BLAS's threads."""
+    if variant == "lanes":
+        return lambda: backend.dense_forward(x, w, None), lambda: backend.dense_backward(dy, x, w)
+    return lambda: x @ w, lambda: (x.T @ dy, dy @ w.T)
+
+
+def run_dense(rounds, log=print):
+    """``{variant: [{D: [forward ms, backward ms]}, ...]}``, one process per variant and round."""
+    env = {**os.environ, **bench.processes.thread_env(), "PYTHONPATH": str(ROOT)}
+    out = {"lanes": [], "one-call": []}
+    for r in range(rounds):
+        for variant in (("lanes", "one-call") if r % 2 == 0 else ("one-call", "lanes")):
+            proc = subprocess.run([sys.executable, __file__, "--dense-child", variant], env=env,
+                                  capture_output=True, text=True, check=True)
+            out[variant].append(json.loads(proc.stdout.splitlines()[-1]))
+        log(f"dense round {r + 1}/{rounds} done")
+    return out
+
+
+def dense_table(dense):
+    """Markdown: forward and backward ms (median of the processes' medians) per D, both variants."""
+    lines = ["| D | lanes forward ms | lanes backward ms | one call forward ms | one call backward ms |",
+             "|---:|---:|---:|---:|---:|"]
+    for D in dense["lanes"][0]:
+        cells = [f"{np.median([p[D][i] for p in dense[v]]):.3f}" for v in ("lanes", "one-call") for i in (0, 1)]
+        lines.append(f"| {int(D):,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(configs, rounds, log=print):
     """Median step (ms) of every variant for every config, the variants taking turns each round."""
     env = {**os.environ, **bench.processes.thread_env(), "PYTHONPATH": str(ROOT)}
@@ -134,11 +195,22 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the small CNN at batch 32 only, 3 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5, quick 3)")
     parser.add_argument("--out", default=str(RESULTS), help=f"JSON file to write (default {RESULTS})")
+    parser.add_argument("--dense", action="store_true", help="only the Dense split against one BLAS call, 3 rounds")
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "MODEL", "BATCH", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--dense-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         variant, model, batch, steps = args.child
         return child(variant, model, int(batch), int(steps))
+    if args.dense_child:
+        return dense_child(args.dense_child)
+    if args.dense:
+        dense = run_dense(args.rounds or 3)
+        print(dense_table(dense))
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        bench.save_json(args.out, {"dense": dense, "dense_date": stamp})
+        print(f"\nwritten to {args.out}")
+        return 0
     info = bench.machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, {bench.THREADS} threads; {info['versions']}")
     rows = run(CONFIGS[:1] if args.quick else CONFIGS, args.rounds or (3 if args.quick else 5))

@@ -85,11 +85,14 @@ def accuracy_table(accuracy):
     return "\n".join(lines)
 
 
-def runtime_table(runtime):
+def runtime_tables(runtime):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_runtime import table
+    from bench_runtime import dense_table, table
 
-    return table(runtime["runtime"])
+    out = [("lanes and buffer pool", table(runtime["runtime"]))]
+    if "dense" in runtime:
+        out.append(("Dense split", dense_table(runtime["dense"])))
+    return out
 
 
 def before_after_table():
@@ -117,7 +120,7 @@ def tables():
                 ("AVX2: kernels", kernel_table(avx2["kernels"]))]
     runtime = _load("runtime.json")
     if runtime:
-        out.append(("lanes and buffer pool", runtime_table(runtime)))
+        out += runtime_tables(runtime)
     if _load("before_after.json"):
         out.append(("kernels package, before and after", before_after_table()))
     return out
