@@ -90,9 +90,10 @@ def _step_times(bench, lib, model, batch, steps):
 def run(before, rounds, torch, log=print):
     trees = {"before": Path(before).resolve(), "after": HERE}
     labels = ["before", "after"] + (["torch"] if torch else [])
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = env.get("MINICNN_BENCH_THREADS", "2")
+    sys.path.insert(0, str(HERE))   # here, not at the top: a child runs this file in the other checkout
+    from minicnn.bench.processes import thread_env
+
+    env = thread_env()
     results, loads = {label: [] for label in labels}, []
     for r in range(rounds):
         for label in labels[r % len(labels):] + labels[: r % len(labels)]:

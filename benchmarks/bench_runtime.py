@@ -28,7 +28,6 @@ Results: ``benchmarks/results/runtime.json`` (machine, threads, load average, ev
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -135,7 +134,7 @@ def _dense_calls(variant, backend, x, w, dy):
 
 def run_dense(rounds, log=print):
     """``{variant: [{D: [forward ms, backward ms]}, ...]}``, one process per variant and round."""
-    env = {**os.environ, **bench.processes.thread_env(), "PYTHONPATH": str(ROOT)}
+    env = bench.processes.thread_env()   # the same threads for every variant; this checkout first on the path
     out = {"lanes": [], "one-call": []}
     for r in range(rounds):
         for variant in (("lanes", "one-call") if r % 2 == 0 else ("one-call", "lanes")):
@@ -158,7 +157,7 @@ def dense_table(dense):
 
 def run(configs, rounds, log=print):
     """Median step (ms) of every variant for every config, the variants taking turns each round."""
-    env = {**os.environ, **bench.processes.thread_env(), "PYTHONPATH": str(ROOT)}
+    env = bench.processes.thread_env()   # the same threads for every variant; this checkout first on the path
     rows = []
     for model, batch, steps in configs:
         times = {v: [] for v in VARIANTS}

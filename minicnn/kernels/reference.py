@@ -273,7 +273,7 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
     g = pool2d_geometry("maxpool2d_backward", x_shape, pool_size, strides, padding)
     N, H, W, C = x_shape
     check_output_shape("maxpool2d_backward", "dy", dy.shape, (N, g.OH, g.OW, C))
-    check_output_shape("maxpool2d_backward", "argmax", argmax.shape, (N, g.OH, g.OW, C))
+    check_output_shape("maxpool2d_backward", "argmax", argmax.shape, dy.shape)
     (_, PW), (SH, SW), (OH, OW) = pool_size, strides, (g.OH, g.OW)
     (pt, pb), (pl, pr) = padding
     u, v = np.divmod(argmax, PW)

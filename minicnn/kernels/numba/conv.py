@@ -58,7 +58,7 @@ def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
 
 
 def conv2d_backward_input(dy, w, x_shape, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
-    """Gradient of a loss with respect to the input of :func:`conv2d_forward` (matmul + col2im).
+    """Gradient of a loss with respect to the input of :func:`conv2d_forward` (tiles, scatter or col2im).
 
     Parameters
     ----------

@@ -86,8 +86,9 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
     """
     check_float("maxpool2d_backward", "dy", dy)
     g = pool2d_geometry("maxpool2d_backward", x_shape, pool_size, strides, padding)
-    check_output_shape("maxpool2d_backward", "dy", dy.shape, (x_shape[0], g.OH, g.OW, x_shape[3]))
-    check_output_shape("maxpool2d_backward", "argmax", argmax.shape, (x_shape[0], g.OH, g.OW, x_shape[3]))
+    out_shape = (x_shape[0], g.OH, g.OW, x_shape[3])
+    check_output_shape("maxpool2d_backward", "dy", dy.shape, out_shape)
+    check_output_shape("maxpool2d_backward", "argmax", argmax.shape, out_shape)
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     images = split(x_shape[0], PARTS)
