@@ -112,7 +112,7 @@ def backward(dy, y, w, x, g, x_shape, need_dx, need_dw):
                     dcols = POOL.empty("conv2d.dcols", (len(dz), K), dtype)
                 chunk = dcols[: len(dz)]
                 np.matmul(dz, wT, out=chunk)  # (rows, F) @ (F, K)
-                _col2im(chunk, C, g, dx[c0:c1].reshape(c1 - c0, H, W * C))
+                _col2im(chunk, C, tuple(g), dx[c0:c1].reshape(c1 - c0, H, W * C))
         return dwb
 
     dwb = None
@@ -155,7 +155,7 @@ def _im2col_chunks(x, g, start=0, stop=None):
     for n0 in range(start, stop, step):
         n1 = min(stop, n0 + step)
         cols = buffer[: (n1 - n0) * rows]
-        _im2col(x[n0:n1].reshape(n1 - n0, H, W * C), C, g, cols)
+        _im2col(x[n0:n1].reshape(n1 - n0, H, W * C), C, tuple(g), cols)  # a plain tuple: shapes.ConvGeometry
         yield n0, n1, cols
 
 

@@ -50,11 +50,11 @@ def maxpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     N, _, _, C = x.shape
     y = POOL.empty("maxpool2d.y", (N, g.OH, g.OW, C), x.dtype)
     argmax = POOL.empty("maxpool2d.argmax", (N, g.OH, g.OW, C), np.int32)
-    images = split(N, PARTS)
+    images, loop_g = split(N, PARTS), tuple(g)  # the jitted loops take g as a plain tuple (shapes.ConvGeometry)
 
     def part(k):  # part k owns the images n0:n1 of y and argmax
         n0, n1 = images[k]
-        _maxpool_forward(x[n0:n1], g, y[n0:n1], argmax[n0:n1])
+        _maxpool_forward(x[n0:n1], loop_g, y[n0:n1], argmax[n0:n1])
 
     LANES.run(part, PARTS, x.size)
     return y, argmax
@@ -91,17 +91,17 @@ def maxpool2d_backward(dy, argmax, x_shape, pool_size, strides, padding=((0, 0),
     check_output_shape("maxpool2d_backward", "argmax", argmax.shape, out_shape)
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
-    images = split(x_shape[0], PARTS)
+    images, loop_g = split(x_shape[0], PARTS), tuple(g)
     disjoint = g.SH >= g.KH and g.SW >= g.KW  # windows do not overlap
     dx = POOL.empty("maxpool2d.dx", x_shape, dy.dtype)
 
     def part(k):  # part k owns the images n0:n1 of dx (windows never cross images)
         n0, n1 = images[k]
         if disjoint:
-            _maxpool_backward_disjoint(dy[n0:n1], argmax[n0:n1], g, dx[n0:n1])
+            _maxpool_backward_disjoint(dy[n0:n1], argmax[n0:n1], loop_g, dx[n0:n1])
         else:
             fill_zero(dx[n0:n1].reshape(-1))
-            _maxpool_backward(dy[n0:n1], argmax[n0:n1], g, dx[n0:n1])
+            _maxpool_backward(dy[n0:n1], argmax[n0:n1], loop_g, dx[n0:n1])
 
     LANES.run(part, PARTS, math.prod(x_shape))
     return dx
@@ -218,11 +218,11 @@ def avgpool2d_forward(x, pool_size, strides, padding=((0, 0), (0, 0))):
     g = pool2d_geometry("avgpool2d_forward", x.shape, pool_size, strides, padding)
     x = np.ascontiguousarray(x)
     y = POOL.empty("avgpool2d.y", (x.shape[0], g.OH, g.OW, x.shape[3]), x.dtype)
-    images = split(x.shape[0], PARTS)
+    images, loop_g = split(x.shape[0], PARTS), tuple(g)
 
     def part(k):  # part k owns the images n0:n1 of y
         n0, n1 = images[k]
-        _avgpool_forward(x[n0:n1], g, y[n0:n1])
+        _avgpool_forward(x[n0:n1], loop_g, y[n0:n1])
 
     LANES.run(part, PARTS, x.size)
     return y
@@ -252,12 +252,12 @@ def avgpool2d_backward(dy, x_shape, pool_size, strides, padding=((0, 0), (0, 0))
     check_output_shape("avgpool2d_backward", "dy", dy.shape, (x_shape[0], g.OH, g.OW, x_shape[3]))
     dy = np.ascontiguousarray(dy)
     dx = POOL.empty("avgpool2d.dx", tuple(x_shape), dy.dtype)
-    images = split(x_shape[0], PARTS)
+    images, loop_g = split(x_shape[0], PARTS), tuple(g)
 
     def part(k):  # part k owns the images n0:n1 of dx (windows never cross images)
         n0, n1 = images[k]
         fill_zero(dx[n0:n1].reshape(-1))  # overlapping windows add into it
-        _avgpool_backward(dy[n0:n1], g, dx[n0:n1])
+        _avgpool_backward(dy[n0:n1], loop_g, dx[n0:n1])
 
     LANES.run(part, PARTS, math.prod(x_shape))
     return dx
