@@ -1,5 +1,7 @@
 """The kernel cases: what a worker sets up and calls for each kernel, and the parent's timing runs."""
 
+import importlib
+
 import numpy as np
 
 from .processes import THREADS, Worker, interleave, loadavg, median_ms, torch_available
@@ -40,7 +42,7 @@ def nchw(a):
 class KernelRunner:
     """One library's kernels (``reference``, ``numba``, ``torch`` or ``numpy`` for the GEMM ceiling)."""
 
-    def __init__(self, lib):
+    def __init__(self, lib, package="minicnn"):
         self.lib = lib
         self.calls = {}
         if lib == "torch":
@@ -48,10 +50,8 @@ class KernelRunner:
 
             torch.set_num_threads(THREADS)
             self.torch = torch
-        elif lib in ("reference", "numba"):
-            from minicnn import kernels
-
-            self.k = kernels.backend_module(lib)
+        elif lib in ("reference", "numba"):   # package: as in training_cases.build_minicnn
+            self.k = importlib.import_module(f"{package}.kernels").backend_module(lib)
 
     def setup(self, case):
         rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@
 :func:`run_accuracy` each start a fresh process of their own (:mod:`minicnn.bench_runs`).
 """
 
+import importlib
 import json
 import os
 import shutil
@@ -69,11 +70,17 @@ class ModelRunner:
                 self.call = infer
 
 
-def build_minicnn(model, optimizer=None):
-    """The model in minicnn, compiled with Adam(1e-3) and sparse categorical cross-entropy."""
-    from minicnn.layers import Conv2D, Dense, Flatten, Input, MaxPooling2D
-    from minicnn.models import Sequential
-    from minicnn.optimizers import Adam
+def build_minicnn(model, optimizer=None, package="minicnn"):
+    """The model in minicnn, compiled with Adam(1e-3) and sparse categorical cross-entropy.
+
+    ``package``: the name minicnn is imported by; another checkout's copy can be timed beside
+    this one in the same process (``benchmarks/bench_before_after.py --same-process``).
+    """
+    layers_module = importlib.import_module(f"{package}.layers")
+    Conv2D, Dense, Flatten, Input, MaxPooling2D = (getattr(layers_module, name) for name in
+                                                   ("Conv2D", "Dense", "Flatten", "Input", "MaxPooling2D"))
+    Sequential = importlib.import_module(f"{package}.models").Sequential
+    Adam = importlib.import_module(f"{package}.optimizers").Adam
 
     spec = MODELS[model]
     layers = [Input(shape=spec["input_shape"])]

@@ -131,13 +131,16 @@ def _maxpool_forward(x, g, y, argmax):
                     q = q0 + v
                     if (u == 0 and v == 0) or q < 0 or q >= W:
                         continue  # a padded cell (-inf) can never beat the running max
+                    code = np.int32(u * PW + v)
                     for c in range(C):
                         val = x[n, p, q, c]
                         best = y[n, i, j, c]
-                        # strict > keeps the first maximum; the first NaN wins as in np.argmax
-                        if val > best or (val != val and best == best):
-                            y[n, i, j, c] = val
-                            argmax[n, i, j, c] = u * PW + v
+                        # strict > keeps the first maximum; the first NaN wins as in np.argmax.
+                        # | and & (not `or`, `and`) and a store either way: no branch, so LLVM
+                        # vectorizes the loop with selects (a branch per channel was 1.45x slower on AVX2: RESULTS.md)
+                        wins = (val > best) | ((val != val) & (best == best))
+                        y[n, i, j, c] = val if wins else best
+                        argmax[n, i, j, c] = code if wins else argmax[n, i, j, c]
 
 
 @njit(**JIT_OPTIONS)
