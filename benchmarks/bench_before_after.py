@@ -2,6 +2,7 @@
 
     git worktree add ../before <commit>          # the code before the change, with its own Numba cache
     python benchmarks/bench_before_after.py ../before --rounds 8 [--torch]
+    python benchmarks/bench_before_after.py ../before --same-process --rounds 6 --blocks 8
 
 Each round starts one fresh process per checkout (and one for PyTorch with ``--torch``, whose
 times divide both); the order rotates. A process times every kernel case of ``minicnn.bench``

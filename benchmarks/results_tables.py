@@ -95,11 +95,11 @@ def runtime_tables(runtime):
     return out
 
 
-def before_after_table():
+def before_after_table(name="before_after.json"):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_before_after import table
 
-    return table(_load("before_after.json"))
+    return table(_load(name))
 
 
 def tables():
@@ -123,6 +123,9 @@ def tables():
         out += runtime_tables(runtime)
     if _load("before_after.json"):
         out.append(("kernels package, before and after", before_after_table()))
+    if _load("before_after_same_process.json"):
+        out.append(("kernels package, before and after, in one process",
+                    before_after_table("before_after_same_process.json")))
     return out
 
 

@@ -73,3 +73,28 @@ print(json.dumps({{"pooled": _buffers.POOL.nbytes, "lanes": get_num_threads(),
                           "small", "4", "3"], env=env, capture_output=True, text=True, check=True).stdout
     times = json.loads(out.splitlines()[-1])
     assert len(times) == 3 and all(t > 0 for t in times)
+
+
+
+def test_same_process_before_after_takes_turns_flipping_the_order_each_block():
+    """``bench_before_after --same-process``: the copies take turns block by block, the order flipping
+    each block (a, b, then b, a), so neither always runs right after the pause; each median is of
+    that copy's own calls."""
+    import time
+
+    spec = importlib.util.spec_from_file_location("bench_before_after", ROOT / "benchmarks" / "bench_before_after.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = []
+
+    def call(label, seconds):
+        def f():
+            log.append(label)
+            time.sleep(seconds)
+        return f
+
+    ms = module._in_turns({"a": call("a", 0.001), "b": call("b", 0.003)}, blocks=4, block_s=0.02, warm_s=0.005)
+    runs = [label for i, label in enumerate(log) if i == 0 or log[i - 1] != label]
+    # two first calls each, then blocks a b | b a | a b | b a (without the flip: a b a b a b a b a b)
+    assert runs == ["a", "b", "a", "b", "a", "b", "a"], runs
+    assert 1.0 <= ms["a"] < 2.5 and 3.0 <= ms["b"] < 4.5, ms
