@@ -54,6 +54,7 @@ MAXPOOL_CASES = [
     (2, 7, 5, 1, (3, 3), (2, 2), "same"),  # overlapping, padded
     (2, 5, 8, 2, (2, 3), (1, 2), "same"),  # non-square pool
     (1, 9, 9, 1, (2, 2), (3, 3), "valid"),  # stride larger than the pool
+    (2, 7, 10, 3, (3, 3), (3, 3), "same"),  # disjoint windows, padded on every side
     (3, 8, 6, 4, (3, 2), (1, 1), "same"),
 ]
 

@@ -50,6 +50,9 @@ MUTANTS = [
     Mutant("Numba batch norm drops the last block of rows from its sums", "minicnn/kernels/numba/norm.py",
            "    for b in range(part.shape[0]):", "    for b in range(part.shape[0] - 1):",
            ("tests/kernels/test_norm_kernels.py", "-k", "batchnorm")),
+    Mutant("Numba max-pool backward counts columns from 0 instead of from the left padding",
+           "minicnn/kernels/numba/pooling.py",
+           "        j, v = PL // SW, PL % SW", "        j, v = 0, 0", POOL_KERNEL_TESTS),
     Mutant("Numba tiles pad the input by the bottom padding at the top", "minicnn/kernels/numba/conv.py",
            "tiles.pad(x, *images[k], xp, PT, PL)", "tiles.pad(x, *images[k], xp, PB, PL)", CONV_KERNEL_TESTS),
     # ---------------------------------------------------------------- layers
