@@ -137,7 +137,7 @@ def _maxpool_forward(x, g, y, argmax):
                         best = y[n, i, j, c]
                         # strict > keeps the first maximum; the first NaN wins as in np.argmax.
                         # | and & (not `or`, `and`) and a store either way: no branch, so LLVM
-                        # vectorizes the loop with selects (a branch per channel was 1.45x slower on AVX2: RESULTS.md)
+                        # vectorizes the loop with selects (with a branch it did not on AVX2)
                         wins = (val > best) | ((val != val) & (best == best))
                         y[n, i, j, c] = val if wins else best
                         argmax[n, i, j, c] = code if wins else argmax[n, i, j, c]
