@@ -86,7 +86,7 @@ def same_process_child(copy_dir, blocks):
         x = rng.random((batch, *spec["input_shape"]), dtype=np.float32)
         y = rng.integers(0, spec["classes"], batch)
         nets = {label: bench.build_minicnn(model, package=package) for label, package in packages.items()}
-        calls = {label: (lambda net=net: net.train_on_batch(x, y)) for label, net in nets.items()}
+        calls = {label: (lambda net=net, x=x, y=y: net.train_on_batch(x, y)) for label, net in nets.items()}
         for label, ms in _in_turns(calls, blocks).items():
             out[label]["steps"][f"{model} batch {batch}"] = ms
         del nets, calls

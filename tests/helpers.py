@@ -1,7 +1,10 @@
 """Helpers shared by the test modules (fixtures live in ``conftest.py``, PyTorch's layouts in
 ``torch_layout.py``): the finite-difference oracle, inputs without ties or kinks, derived float bounds."""
 
+import re
+
 import numpy as np
+import pytest
 from hypothesis import assume
 from hypothesis import strategies as st
 
@@ -406,3 +409,17 @@ def sparse_crossentropy_bound(p, bound, labels, dtype=np.float32, typical=False)
     per_sample = np.log(hi / lo) + 4 * unit_roundoff(dtype) * (1 + terms)
     loss = terms.mean()
     return loss, per_sample.mean() + gamma_n(_terms(len(p), typical), dtype) * (loss + per_sample.mean())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Error messages: "Name: ... `argument` ... Received: value"
+# ----------------------------------------------------------------------------------------------------------
+
+
+def assert_value_error_names(make, who, arg, received):
+    """``make()`` raises ValueError starting with ``who`` and naming `arg` and the value (regex ``received``)."""
+    with pytest.raises(ValueError) as info:
+        make()
+    message = str(info.value)
+    assert message.startswith(who) and f"`{arg}`" in message and "Received" in message, message
+    assert re.search(received, message), message

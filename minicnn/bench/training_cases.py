@@ -76,17 +76,15 @@ def build_minicnn(model, optimizer=None, package="minicnn"):
     ``package``: the name minicnn is imported by; another checkout's copy can be timed beside
     this one in the same process (``benchmarks/bench_before_after.py --same-process``).
     """
-    layers_module = importlib.import_module(f"{package}.layers")
-    Conv2D, Dense, Flatten, Input, MaxPooling2D = (getattr(layers_module, name) for name in
-                                                   ("Conv2D", "Dense", "Flatten", "Input", "MaxPooling2D"))
+    L = importlib.import_module(f"{package}.layers")
     Sequential = importlib.import_module(f"{package}.models").Sequential
     Adam = importlib.import_module(f"{package}.optimizers").Adam
 
     spec = MODELS[model]
-    layers = [Input(shape=spec["input_shape"])]
+    layers = [L.Input(shape=spec["input_shape"])]
     for filters in spec["convs"]:
-        layers += [Conv2D(filters, 3, activation="relu"), MaxPooling2D(2)]
-    layers += [Flatten(), Dense(spec["dense"], activation="relu"), Dense(spec["classes"], activation="softmax")]
+        layers += [L.Conv2D(filters, 3, activation="relu"), L.MaxPooling2D(2)]
+    layers += [L.Flatten(), L.Dense(spec["dense"], activation="relu"), L.Dense(spec["classes"], activation="softmax")]
     net = Sequential(layers)
     net.compile(optimizer=optimizer or Adam(1e-3), loss="sparse_categorical_crossentropy")
     return net

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import assert_value_error_names
 
 import minicnn
 from minicnn.layers import (
@@ -230,11 +231,7 @@ INVALID_OTHERS = [
 
 @pytest.mark.parametrize("make,layer_name,arg,received", INVALID_OTHERS)
 def test_invalid_arguments_raise_naming_layer_argument_and_value(make, layer_name, arg, received):
-    with pytest.raises(ValueError) as info:
-        make()
-    message = str(info.value)
-    assert message.startswith(layer_name) and f"`{arg}`" in message and "Received" in message, message
-    assert re.search(received, message), message
+    assert_value_error_names(make, layer_name, arg, received)
 
 
 def test_unknown_activation_lists_the_valid_ones():

@@ -5,6 +5,8 @@ import json
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 while not (ROOT / "benchmarks").is_dir():   # from tests/ or a folder below it
     ROOT = ROOT.parent
@@ -76,25 +78,35 @@ print(json.dumps({{"pooled": _buffers.POOL.nbytes, "lanes": get_num_threads(),
 
 
 
-def test_same_process_before_after_takes_turns_flipping_the_order_each_block():
+
+def test_same_process_before_after_takes_turns_flipping_the_order_each_block(monkeypatch):
     """``bench_before_after --same-process``: the copies take turns block by block, the order flipping
     each block (a, b, then b, a), so neither always runs right after the pause; each median is of
-    that copy's own calls."""
-    import time
-
+    that copy's own calls. A fake clock stands in for time: a call of "a" lasts 1 ms, of "b" 3 ms."""
     spec = importlib.util.spec_from_file_location("bench_before_after", ROOT / "benchmarks" / "bench_before_after.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    log = []
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    clock, log = Clock(), []
+    monkeypatch.setattr(module, "time", clock)
 
     def call(label, seconds):
         def f():
             log.append(label)
-            time.sleep(seconds)
+            clock.now += seconds
         return f
 
     ms = module._in_turns({"a": call("a", 0.001), "b": call("b", 0.003)}, blocks=4, block_s=0.02, warm_s=0.005)
     runs = [label for i, label in enumerate(log) if i == 0 or log[i - 1] != label]
     # two first calls each, then blocks a b | b a | a b | b a (without the flip: a b a b a b a b a b)
     assert runs == ["a", "b", "a", "b", "a", "b", "a"], runs
-    assert 1.0 <= ms["a"] < 2.5 and 3.0 <= ms["b"] < 4.5, ms
+    assert ms["a"] == pytest.approx(1.0) and ms["b"] == pytest.approx(3.0), ms
